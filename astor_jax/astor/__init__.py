@@ -1,0 +1,1 @@
+"""The ASTOR algorithm, pure jnp: utility, schedule, calibration, advantages, losses."""

@@ -1,0 +1,195 @@
+"""Validation of a job config at the boundary, before anything is written.
+
+Every problem is reported as one `ConfigError` naming the field and the fix;
+`main.py` prints it on one line and exits with status 2. Checks are a flat table
+so that each module's fields are validated in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config field is missing or invalid; the message names it and the fix."""
+
+
+_MISSING = object()
+
+
+def get_field(config: ml_collections.ConfigDict, path: str) -> Any:
+  node: Any = config
+  for part in path.split("."):
+    if isinstance(node, ml_collections.ConfigDict) and part in node:
+      node = node[part]
+    else:
+      return _MISSING
+  return node
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  path: str
+  ok: Callable[[Any], bool]
+  expected: str
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(path: str) -> Check:
+  return Check(path, lambda v: _is_int(v) and v > 0, "a positive integer")
+
+
+def nonneg_int(path: str) -> Check:
+  return Check(path, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+
+
+def positive(path: str) -> Check:
+  return Check(path, lambda v: _is_num(v) and v > 0, "a number > 0")
+
+
+def nonneg(path: str) -> Check:
+  return Check(path, lambda v: _is_num(v) and v >= 0, "a number >= 0")
+
+
+def in_range(path: str, lo: float, hi: float) -> Check:
+  return Check(path, lambda v: _is_num(v) and lo <= v <= hi, f"a number in [{lo}, {hi}]")
+
+
+def one_of(path: str, choices: Sequence[str]) -> Check:
+  return Check(path, lambda v: v in choices, "one of " + ", ".join(map(repr, choices)))
+
+
+def boolean(path: str) -> Check:
+  return Check(path, lambda v: isinstance(v, bool), "true or false")
+
+
+def string(path: str) -> Check:
+  return Check(path, lambda v: isinstance(v, str), "a string")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+KNOWN_TASKS = ("code_io", "code_gen", "test_gen", "commit_msg")
+KNOWN_PHASES = ("sft", "rl", "eval")
+
+CHECKS: tuple[Check, ...] = (
+    nonneg_int("seed"),
+    Check("phases", lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+          and all(p in KNOWN_PHASES for p in v), "a non-empty list drawn from sft, rl, eval"),
+    nonneg("max_wall_time_s"),
+    string("model.preset"),
+    string("model.hf_path"),
+    one_of("model.param_dtype", DTYPES),
+    one_of("model.dtype", DTYPES),
+    one_of("model.remat_policy",
+           ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")),
+    nonneg_int("model.logprob_chunk_size"),
+    one_of("data.source", ("tiny_world", "files")),
+    nonneg_int("data.world_seed"),
+    positive_int("data.train_per_task"),
+    positive_int("data.eval_per_task"),
+    positive_int("data.vocab_size"),
+    Check("tasks", lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+          and len(set(v)) == len(v) and all(t in KNOWN_TASKS for t in v),
+          "a non-empty list of distinct names from " + ", ".join(KNOWN_TASKS)),
+    nonneg("sampler.temperature"),
+    in_range("sampler.top_p", 0.0, 1.0),
+    nonneg_int("sampler.top_k"),
+    positive_int("sampler.max_new_tokens"),
+    Check("sampler.prompt_buckets", lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+          and all(_is_int(b) and b > 0 for b in v) and list(v) == sorted(set(v)),
+          "a non-empty increasing list of positive integers"),
+    positive_int("execution.num_workers"),
+    positive("execution.timeout_s"),
+    positive_int("execution.memory_mb"),
+    positive_int("rl.steps"),
+    positive_int("rl.batch_prompts"),
+    Check("rl.group_size", lambda v: _is_int(v) and v >= 2,
+          "an integer >= 2 (group-relative advantages need two rollouts)"),
+    one_of("rl.advantage", ("grpo", "dr_grpo", "rloo")),
+    in_range("rl.clip_eps", 0.0, 1.0),
+    one_of("rl.loss_aggregation", ("token_mean", "seq_mean_token_mean", "dr_grpo")),
+    nonneg("rl.entropy_coef"),
+    one_of("rl.kl_estimator", ("k1", "k2", "k3")),
+    positive("rl.learning_rate"),
+    nonneg("rl.weight_decay"),
+    positive("rl.max_grad_norm"),
+    positive_int("rl.minibatches"),
+    one_of("astor.schedule", ("astor", "uniform", "curriculum", "specialist")),
+    positive("astor.tau"),
+    in_range("astor.floor", 0.0, 1.0),
+    in_range("astor.ema_decay", 0.0, 1.0),
+    nonneg("astor.potential_weight"),
+    nonneg("astor.progress_weight"),
+    nonneg("astor.synergy_weight"),
+    positive_int("astor.synergy_interval"),
+    in_range("astor.synergy_ema_decay", 0.0, 1.0),
+    nonneg_int("astor.synergy_sketch_dim"),
+    boolean("astor.calibrate"),
+    nonneg("astor.init_beta"),
+    positive("astor.target_kl"),
+    positive("astor.kl_horizon"),
+    nonneg("astor.utility_kl_strength"),
+    one_of("astor.kl_direction", ("loosen_high_utility", "tighten_high_utility")),
+    nonneg("astor.min_beta"),
+    positive("astor.max_beta"),
+    nonneg_int("sft.steps"),
+    positive_int("sft.batch_size"),
+    positive("sft.learning_rate"),
+    nonneg_int("sft.warmup_steps"),
+    one_of("eval.split", ("validation", "test")),
+    nonneg("eval.temperature"),
+    positive_int("eval.max_examples_per_task"),
+    Check("mesh.data", lambda v: _is_int(v) and (v == -1 or v > 0), "-1 or a positive integer"),
+    positive_int("mesh.fsdp"),
+    positive_int("mesh.tensor"),
+    positive_int("checkpoint.every_steps"),
+    positive_int("checkpoint.keep_last"),
+    nonneg_int("checkpoint.keep_best"),
+    positive_int("log.every_steps"),
+    boolean("log.tensorboard"),
+    boolean("log.progress_bar"),
+)
+
+
+def _cross_checks(config: ml_collections.ConfigDict) -> None:
+  if config.model.preset == "hf" and not config.model.hf_path:
+    raise ConfigError("config.model.hf_path: empty while model.preset='hf'; "
+                      "set --config.model.hf_path=/path/to/hf_checkpoint_dir")
+  if config.astor.min_beta > config.astor.max_beta:
+    raise ConfigError(
+        "config.astor.min_beta: larger than astor.max_beta; make min_beta <= max_beta")
+  if config.astor.schedule == "specialist" and config.astor.specialist_task not in config.tasks:
+    raise ConfigError(
+        f"config.astor.specialist_task: {config.astor.specialist_task!r} is not one of "
+        f"config.tasks {tuple(config.tasks)}; set --config.astor.specialist_task=<task>")
+  if config.rl.batch_prompts % config.rl.minibatches:
+    raise ConfigError("config.rl.minibatches: must divide rl.batch_prompts "
+                      f"({config.rl.batch_prompts}); pick a divisor")
+
+
+def validate(config: ml_collections.ConfigDict, checks: Sequence[Check] = CHECKS) -> None:
+  """Raises ConfigError for the first missing or invalid field."""
+  for check in checks:
+    value = get_field(config, check.path)
+    if value is _MISSING:
+      raise ConfigError(f"config.{check.path}: missing; add it to your config file "
+                        f"(expected {check.expected}; see configs/astor.py)")
+    try:
+      ok = check.ok(value)
+    except Exception:  # noqa: BLE001 - a check that cannot even run is a failed check
+      ok = False
+    if not ok:
+      raise ConfigError(f"config.{check.path}: got {value!r}, expected {check.expected}; "
+                        f"fix with --config.{check.path}=<value>")
+  _cross_checks(config)

@@ -1,0 +1,1 @@
+"""Data: the bundled tiny world, real-format loaders, TFDS builders, tokenizer."""

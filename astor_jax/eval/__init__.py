@@ -1,0 +1,1 @@
+"""Evaluation: all tasks, the paper's ten metrics, results tables and plots."""

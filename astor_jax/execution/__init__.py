@@ -1,0 +1,1 @@
+"""Host-side sandbox pool that runs model-written code under hard limits."""

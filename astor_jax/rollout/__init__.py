@@ -1,0 +1,1 @@
+"""Rollouts: a jitted KV-cache sampler with prompt-length buckets."""

@@ -1,0 +1,1 @@
+"""The four ASTOR code tasks: prompts, answer extraction, rewards and metrics."""

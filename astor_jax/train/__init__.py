@@ -1,0 +1,1 @@
+"""Training: TrainState, the jitted train step, checkpoints and the host loop."""
