@@ -1,0 +1,462 @@
+"""Flax decoder for Qwen2 / Qwen2.5(-Coder), Qwen3 and Llama 3.
+
+    logits, cache = Transformer(config).apply(
+        {"params": params}, tokens, positions, attention_mask, cache=None, cache_index=None)
+
+One pre-norm block per layer: `x += Attn(RMSNorm(x)); x += SwiGLU(RMSNorm(x))`, with
+grouped-query attention, rotary position embeddings applied at explicit
+`positions` (so left-padded rows start at position 0), optional q/k RMSNorm
+(Qwen3), optional biases, and tied or untied LM head. Numerics follow
+transformers' PyTorch models: RMSNorm in float32, attention softmax in float32,
+logits in float32.
+
+Shapes: B rows, T new tokens, S key slots (S == T without a cache), D width,
+H query heads, K key/value heads, G = H / K, Dh head width, V vocab.
+
+KV cache: `Cache(k, v)`. With the default unrolled layers `k` and `v` are tuples
+of per-layer arrays `[B, K, S, Dh]`; with `scan_layers` they are stacked arrays
+`[L, B, K, S, Dh]`. The heads-before-slots layout makes both attention matmuls of
+a decode step plain batched matmuls over the cache with no transposes. New keys
+and values are written at slot `cache_index` (one slot offset for all rows:
+prompts are left-padded to a common length) and the queries attend over all S
+slots under the caller's `attention_mask`; `cache_mask` builds it.
+
+Parameters carry logical axis names (see sharding.py) and are initialized
+N(0, initializer_range) for every matrix and embedding, zeros for biases and ones
+for norm scales (transformers' convention; an N(0, 1) tied embedding makes a
+random model repeat one token).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from astor_jax.model import sharding
+from astor_jax.model.config import ModelConfig
+
+Array = jax.Array
+_NEG_INF = float(np.finfo(np.float32).min)
+
+
+class Cache(NamedTuple):
+  """Per-layer key/value cache (see the module docstring for the layout)."""
+
+  k: Any
+  v: Any
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
+  """Zero KV cache for `batch_size` rows and `max_len` slots.
+
+  Args:
+    config: the model config.
+    batch_size: rows B.
+    max_len: slots S (prompt bucket + new tokens).
+    dtype: cache dtype (default: the compute dtype).
+
+  Returns:
+    A Cache: per-layer [B, K, S, Dh] tuples, or [L, B, K, S, Dh] with scan_layers.
+  """
+  dtype = config.compute_jnp_dtype if dtype is None else dtype
+  shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+  if config.scan_layers:
+    full = (config.num_layers,) + shape
+    return Cache(jnp.zeros(full, dtype), jnp.zeros(full, dtype))
+  return Cache(tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+               tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)))
+
+
+def causal_mask(input_mask: Array) -> Array:
+  """Causal + padding mask for a full forward without cache.
+
+  mask[b, t, s] = input_mask[b, s] and s <= t.
+
+  Args:
+    input_mask: [B, T] bool, true for real tokens.
+
+  Returns:
+    [B, T, T] bool.
+  """
+  chex.assert_rank(input_mask, 2)
+  t = input_mask.shape[1]
+  tril = jnp.tril(jnp.ones((t, t), dtype=bool))
+  return tril[None] & input_mask[:, None, :].astype(bool)
+
+
+def cache_mask(key_mask: Array, cache_index: Array, num_queries: int) -> Array:
+  """Mask for queries written at slots cache_index .. cache_index + T - 1.
+
+  mask[b, t, s] = key_mask[b, s] and s <= cache_index + t.
+
+  Args:
+    key_mask: [B, S] bool, true for cache slots that hold (or are about to hold)
+      real tokens.
+    cache_index: int32 scalar, slot of the first query.
+    num_queries: T.
+
+  Returns:
+    [B, T, S] bool.
+  """
+  chex.assert_rank(key_mask, 2)
+  s = key_mask.shape[1]
+  query_slot = cache_index + jnp.arange(num_queries, dtype=jnp.int32)
+  visible = jnp.arange(s, dtype=jnp.int32)[None, :] <= query_slot[:, None]
+  return visible[None] & key_mask[:, None, :].astype(bool)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse RoPE frequencies [Dh / 2] (float64 numpy, a trace-time constant).
+
+  inv_freq[i] = theta^(-2i / Dh); "linear" divides all by `factor`; "llama3"
+  (Llama 3.1) divides long wavelengths (> original_len / low_freq_factor) by
+  `factor`, keeps short ones (< original_len / high_freq_factor), and
+  interpolates smoothly in between.
+  """
+  dh = config.head_dim
+  inv = 1.0 / (config.rope_theta ** (np.arange(0, dh, 2, dtype=np.int64).astype(np.float64)
+                                      / dh))
+  scaling = config.rope_scaling_dict
+  if scaling is None:
+    return inv
+  rope_type = scaling.get("rope_type", "default")
+  if rope_type == "linear":
+    return inv / float(scaling["factor"])
+  if rope_type == "llama3":
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * np.pi / inv
+    scaled = np.where(wavelen > old_len / low, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, smoothed, scaled)
+  return inv
+
+
+def rope_angles(config: ModelConfig, positions: Array) -> tuple[Array, Array]:
+  """(sin, cos), each [B, T, Dh / 2] float32, of positions * inv_freq."""
+  inv = jnp.asarray(rope_inv_freq(config), jnp.float32)
+  angles = positions.astype(jnp.float32)[..., None] * inv
+  return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+  """Rotates halves of the last axis: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin].
+
+  Args:
+    x: [B, T, N, Dh].
+    sin, cos: [B, T, Dh / 2] float32.
+
+  Returns:
+    [B, T, N, Dh] in x's dtype (computed in float32).
+  """
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _normal(config: ModelConfig):
+  return nn.initializers.normal(stddev=config.initializer_range)
+
+
+class RMSNorm(nn.Module):
+  """y = scale * x / sqrt(mean(x^2) + eps), statistics in float32."""
+
+  eps: float
+  dtype: Any
+  param_dtype: Any
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                             (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query attention with RoPE and an optional KV cache."""
+
+  config: ModelConfig
+
+  def _proj(self, name, shape, axes, x, spec, bias):
+    cfg = self.config
+    w = self.param(name + "_kernel", nn.with_logical_partitioning(_normal(cfg), axes), shape,
+                   cfg.param_jnp_dtype)
+    y = jnp.einsum(spec, x, w.astype(cfg.compute_jnp_dtype))
+    if bias:
+      b = self.param(name + "_bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                  axes[1:]),
+                     shape[1:], cfg.param_jnp_dtype)
+      y = y + b.astype(cfg.compute_jnp_dtype)
+    return y
+
+  @nn.compact
+  def __call__(self, x: Array, sin: Array, cos: Array, mask: Array, layer_cache,
+               cache_index) -> tuple[Array, Any]:
+    cfg = self.config
+    dtype = cfg.compute_jnp_dtype
+    b, t, d = x.shape
+    h, k, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = self._proj("q_proj", (d, h, dh), ("embed", "q_heads", "head_dim"), x,
+                   "btd,dhk->bthk", cfg.attention_bias)
+    key = self._proj("k_proj", (d, k, dh), ("embed", "kv_heads", "head_dim"), x,
+                     "btd,dhk->bthk", cfg.attention_bias)
+    value = self._proj("v_proj", (d, k, dh), ("embed", "kv_heads", "head_dim"), x,
+                       "btd,dhk->bthk", cfg.attention_bias).transpose(0, 2, 1, 3)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.rms_norm_eps, dtype, cfg.param_jnp_dtype, "head_dim", name="q_norm")(q)
+      key = RMSNorm(cfg.rms_norm_eps, dtype, cfg.param_jnp_dtype, "head_dim",
+                    name="k_norm")(key)
+    q = apply_rope(q, sin, cos) * jnp.asarray(dh ** -0.5, dtype)
+    key = apply_rope(key, sin, cos).transpose(0, 2, 1, 3)  # [B, K, T, Dh]
+    q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads",
+                               "activation_head_dim"))
+    if layer_cache is not None:
+      cache_k, cache_v = layer_cache
+      start = (0, 0, cache_index, 0)
+      key = jax.lax.dynamic_update_slice(cache_k, key.astype(cache_k.dtype), start)
+      value = jax.lax.dynamic_update_slice(cache_v, value.astype(cache_v.dtype), start)
+      layer_cache = (key, value)
+    key = sharding.constrain(key, ("activation_batch", "activation_kv_heads",
+                                   "activation_length", "activation_head_dim"))
+    value = sharding.constrain(value, ("activation_batch", "activation_kv_heads",
+                                       "activation_length", "activation_head_dim"))
+    q = q.reshape(b, t, k, h // k, dh)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, key.astype(dtype),
+                        preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, value.astype(dtype)).reshape(b, t, h, dh)
+    w_o = self.param("o_proj_kernel",
+                     nn.with_logical_partitioning(_normal(cfg), ("q_heads", "head_dim", "embed")),
+                     (h, dh, d), cfg.param_jnp_dtype)
+    y = jnp.einsum("bthk,hkd->btd", out, w_o.astype(dtype))
+    if cfg.attention_out_bias:
+      y = y + self.param("o_proj_bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                     ("embed",)),
+                         (d,), cfg.param_jnp_dtype).astype(dtype)
+    return y, layer_cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    dtype = cfg.compute_jnp_dtype
+    d, f = cfg.hidden_size, cfg.intermediate_size
+
+    def weight(name, shape, axes):
+      return self.param(name, nn.with_logical_partitioning(_normal(cfg), axes), shape,
+                        cfg.param_jnp_dtype).astype(dtype)
+
+    def bias(name, size, axis):
+      return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
+                        (size,), cfg.param_jnp_dtype).astype(dtype)
+
+    gate = jnp.einsum("btd,df->btf", x, weight("gate_proj_kernel", (d, f), ("embed", "mlp")))
+    up = jnp.einsum("btd,df->btf", x, weight("up_proj_kernel", (d, f), ("embed", "mlp")))
+    if cfg.mlp_bias:
+      gate = gate + bias("gate_proj_bias", f, "mlp")
+      up = up + bias("up_proj_bias", f, "mlp")
+    hidden = sharding.constrain(jax.nn.silu(gate) * up,
+                                ("activation_batch", "activation_length", "activation_mlp"))
+    y = jnp.einsum("btf,fd->btd", hidden, weight("down_proj_kernel", (f, d), ("mlp", "embed")))
+    if cfg.mlp_bias:
+      y = y + bias("down_proj_bias", d, "embed")
+    return y
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, layer_cache, sin: Array, cos: Array, mask: Array,
+               cache_index) -> tuple[Array, Any]:
+    cfg = self.config
+    dtype, pdtype = cfg.compute_jnp_dtype, cfg.param_jnp_dtype
+    attn_out, layer_cache = Attention(cfg, name="self_attn")(
+        RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_layernorm")(x), sin, cos, mask,
+        layer_cache, cache_index)
+    x = x + attn_out
+    x = x + MLP(cfg, name="mlp")(
+        RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(x))
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    return x, layer_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _layer_class(config: ModelConfig):
+  cls = DecoderLayer
+  if config.remat_policy != "none":
+    cls = nn.remat(cls, policy=_REMAT_POLICIES[config.remat_policy],
+                   prevent_cse=not config.scan_layers)
+  if config.scan_layers:
+    cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                  in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                  length=config.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+  return cls
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM. See the module docstring for shapes, cache and numerics."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed_tokens = self.param(
+        "embed_tokens", nn.with_logical_partitioning(_normal(cfg), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.hidden_size), cfg.param_jnp_dtype)
+    cls = _layer_class(cfg)
+    if cfg.scan_layers:
+      self.layers = cls(cfg, name="layers")
+    else:
+      self.layers = [cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.norm = RMSNorm(cfg.rms_norm_eps, cfg.compute_jnp_dtype, cfg.param_jnp_dtype,
+                        name="norm")
+    if not cfg.tie_word_embeddings:
+      self.lm_head = self.param(
+          "lm_head", nn.with_logical_partitioning(_normal(cfg), ("embed", "vocab")),
+          (cfg.hidden_size, cfg.vocab_size), cfg.param_jnp_dtype)
+
+  def hidden_states(self, tokens: Array, positions: Array, attention_mask: Array,
+                    cache: Cache | None = None, cache_index: Array | None = None,
+                    ) -> tuple[Array, Cache | None]:
+    """Final normed hidden states.
+
+    Args:
+      tokens: [B, T] int32.
+      positions: [B, T] int32 RoPE positions.
+      attention_mask: [B, T, S] bool, true where query t may attend key slot s.
+      cache: None (then S == T) or a Cache with S slots.
+      cache_index: int32 scalar slot of tokens[:, 0] in the cache (with a cache).
+
+    Returns:
+      (hidden [B, T, D] in the compute dtype, updated cache or None).
+    """
+    cfg = self.config
+    chex.assert_rank([tokens, positions, attention_mask], [2, 2, 3])
+    chex.assert_equal_shape([tokens, positions])
+    b, t = tokens.shape
+    if cache is None:
+      chex.assert_shape(attention_mask, (b, t, t))
+    else:
+      if cache_index is None:
+        raise ValueError("cache_index: required with a cache (slot of tokens[:, 0])")
+      chex.assert_shape(attention_mask, (b, t, None))
+    x = jnp.take(self.embed_tokens, tokens, axis=0).astype(cfg.compute_jnp_dtype)
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    sin, cos = rope_angles(cfg, positions)
+    mask = attention_mask.astype(bool)
+    if cache_index is not None:
+      cache_index = jnp.asarray(cache_index, jnp.int32)
+    if cfg.scan_layers:
+      xs = None if cache is None else (cache.k, cache.v)
+      x, new = self.layers(x, xs, sin, cos, mask, cache_index)
+      new_cache = None if cache is None else Cache(*new)
+    else:
+      ks, vs = [], []
+      for i, layer in enumerate(self.layers):
+        layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+        x, layer_cache = layer(x, layer_cache, sin, cos, mask, cache_index)
+        if layer_cache is not None:
+          ks.append(layer_cache[0])
+          vs.append(layer_cache[1])
+      new_cache = None if cache is None else Cache(tuple(ks), tuple(vs))
+    return self.norm(x), new_cache
+
+  def head_weight(self) -> Array:
+    """LM head as [D, V] in the parameter dtype (the embedding's transpose when tied)."""
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.T
+    return self.lm_head
+
+  def logits_from_hidden(self, hidden: Array) -> Array:
+    """Logits [..., V] float32 from hidden states [..., D]."""
+    w = self.head_weight().astype(self.config.compute_jnp_dtype)
+    logits = jnp.einsum("...d,dv->...v", hidden.astype(w.dtype), w,
+                        preferred_element_type=jnp.float32)
+    return logits
+
+  def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
+               cache: Cache | None = None, cache_index: Array | None = None,
+               ) -> tuple[Array, Cache | None]:
+    """(logits [B, T, V] float32, updated cache or None); arguments as `hidden_states`."""
+    hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache, cache_index)
+    return self.logits_from_hidden(hidden), cache
+
+
+def example_inputs(batch_size: int = 1, length: int = 1) -> tuple[Array, Array, Array]:
+  """Shape-only (tokens, positions, attention_mask) for `init` and `eval_shape`."""
+  tokens = jnp.zeros((batch_size, length), jnp.int32)
+  mask = jnp.ones((batch_size, length, length), bool)
+  return tokens, tokens, mask
+
+
+def param_logical_axes(model: Transformer) -> Any:
+  """Pytree of logical-name PartitionSpecs, one per parameter."""
+  return sharding.logical_axes(model, *example_inputs())
+
+
+def param_shapes(model: Transformer) -> Any:
+  """Pytree of ShapeDtypeStruct, one per parameter (nothing is allocated)."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_inputs()))
+  return nn.unbox(abstract)["params"]
+
+
+def param_shardings(model: Transformer, mesh: jax.sharding.Mesh,
+                    rules: sharding.LogicalRules = sharding.LOGICAL_AXIS_RULES) -> Any:
+  """Pytree of NamedSharding for the params of `model` on `mesh`."""
+  return sharding.shardings_from_logical(param_logical_axes(model), param_shapes(model), mesh,
+                                         rules)
+
+
+def shard_params(params: Any, model: Transformer, mesh: jax.sharding.Mesh,
+                 rules: sharding.LogicalRules = sharding.LOGICAL_AXIS_RULES) -> Any:
+  """Places `params` onto `mesh` by the logical axis rules."""
+  return jax.device_put(params, param_shardings(model, mesh, rules))
+
+
+def init_params(model: Transformer, rng: Array, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Random params (plain arrays), created directly in their sharding when `mesh` is given."""
+  def init(key):
+    return nn.unbox(model.init(key, *example_inputs()))["params"]
+
+  if mesh is None:
+    return jax.jit(init)(rng)
+  return jax.jit(init, out_shardings=param_shardings(model, mesh))(rng)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _forward(model: Transformer, params, tokens, positions, attention_mask):
+  return model.apply({"params": params}, tokens, positions, attention_mask)[0]
+
+
+def forward(model: Transformer, params: Any, tokens: Array, positions: Array,
+            input_mask: Array) -> Array:
+  """Jitted full forward without cache: logits [B, T, V] float32 under causal_mask(input_mask)."""
+  return _forward(model, params, tokens, positions, causal_mask(input_mask))
