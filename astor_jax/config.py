@@ -176,6 +176,38 @@ def _cross_checks(config: ml_collections.ConfigDict) -> None:
   if config.rl.batch_prompts % config.rl.minibatches:
     raise ConfigError("config.rl.minibatches: must divide rl.batch_prompts "
                       f"({config.rl.batch_prompts}); pick a divisor")
+  _check_scale_out_fields(config)
+
+
+def _check_scale_out_fields(config: ml_collections.ConfigDict) -> None:
+  """Fields the paper-scale configs add (configs/paper/_base.py); checked when present."""
+  required = get_field(config, "required_fields")
+  for path in () if required is _MISSING else required:
+    value = get_field(config, path)
+    if value is _MISSING or (isinstance(value, str) and not value.strip()):
+      raise ConfigError(f"config.{path}: empty, but this config requires it (required_fields); "
+                        f"set --config.{path}=<local path>")
+  topology = get_field(config, "topology")
+  if topology is not _MISSING:
+    from astor_jax import topology as topology_lib
+
+    try:
+      topology_lib.parse(str(topology))
+    except ValueError as e:
+      raise ConfigError(f"config.topology: {e}") from None
+  for path, check in (("model.shape_preset", string("model.shape_preset")),
+                      ("model.scan_layers", boolean("model.scan_layers")),
+                      ("rl.microbatches", positive_int("rl.microbatches"))):
+    value = get_field(config, path)
+    if value is not _MISSING and not check.ok(value):
+      raise ConfigError(f"config.{path}: got {value!r}, expected {check.expected}; "
+                        f"fix with --config.{path}=<value>")
+  microbatches = get_field(config, "rl.microbatches")
+  rows = config.rl.batch_prompts * config.rl.group_size // config.rl.minibatches
+  if microbatches is not _MISSING and rows % microbatches:
+    raise ConfigError(f"config.rl.microbatches: must divide the {rows} rollout rows of an "
+                      "optimizer minibatch (batch_prompts x group_size / minibatches); "
+                      "pick a divisor")
 
 
 def validate(config: ml_collections.ConfigDict, checks: Sequence[Check] = CHECKS) -> None:

@@ -140,7 +140,7 @@ def parse(name: str) -> Topology:
     device = DEVICES[family]
     if count <= 0 or count % device.cores_per_device:
       raise ValueError(
-          f"--topology={name}: {family} slice names count TensorCores "
+          f"topology {name!r}: {family} slice names count TensorCores "
           f"({device.cores_per_device} per chip); use a multiple of "
           f"{device.cores_per_device}, e.g. {family}-{8 * device.cores_per_device}")
     num_devices = count // device.cores_per_device
@@ -150,22 +150,22 @@ def parse(name: str) -> Topology:
     count, family = int(m.group(1)), m.group(2)
     device = DEVICES[family]
     if count <= 0:
-      raise ValueError(f"--topology={name}: need at least one GPU, e.g. 8x{family}")
+      raise ValueError(f"topology {name!r}: need at least one GPU, e.g. 8x{family}")
     _check_multi_host(name, count, device)
     return Topology(f"{count}x{family}", device, count)
   if m := _CPU_RE.match(text):
     count = int(m.group(1))
     if count <= 0:
-      raise ValueError(f"--topology={name}: need at least one device, e.g. cpu-8")
+      raise ValueError(f"topology {name!r}: need at least one device, e.g. cpu-8")
     return Topology(f"cpu-{count}", DEVICES["cpu"], count)
-  raise ValueError(f"--topology={name}: unknown topology; use one of the forms "
+  raise ValueError(f"topology {name!r}: unknown topology; use one of the forms "
                    f"{', '.join(EXAMPLES)}")
 
 
 def _check_multi_host(name: str, num_devices: int, device: DeviceSpec) -> None:
   per_host = device.devices_per_host
   if num_devices > per_host and num_devices % per_host:
-    raise ValueError(f"--topology={name}: a multi-host {device.family} job has "
+    raise ValueError(f"topology {name!r}: a multi-host {device.family} job has "
                      f"{per_host} devices per host; use a multiple of {per_host}")
 
 
