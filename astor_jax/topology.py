@@ -3,6 +3,7 @@ r"""Accelerator topologies: device kind, HBM, counts, hosts and mesh layout.
 A topology name says what a job runs on, the way Cloud TPU and GPU clusters
 name it:
 
+  v2-N, v3-N  TPU v2/v3 slice (Colab's legacy TPU is v2-8), N TensorCores = devices
   v4-N        TPU v4 slice, N TensorCores (N/2 chips, one JAX device per chip)
   v5e-N       TPU v5e slice ("v5litepod-N" is accepted too), N chips
   v5p-N       TPU v5p slice, N TensorCores (N/2 chips, one JAX device per chip)
@@ -46,6 +47,8 @@ class DeviceSpec:
     devices_per_host: JAX devices one host (VM or node) drives in a multi-host slice.
     cores_per_device: TensorCores per JAX device; v4 and v5p slice names count cores.
     usable_fraction: share of `hbm_bytes` a job may plan for.
+    single_host_max: the largest slice that is still one host (v5e and v6e have
+      8-chip single-host VMs but 4 chips per host in multi-host slices).
   """
 
   family: str
@@ -56,13 +59,17 @@ class DeviceSpec:
   devices_per_host: int
   cores_per_device: int = 1
   usable_fraction: float = 0.94
+  single_host_max: int = 0  # 0: devices_per_host
 
 
 DEVICES: dict[str, DeviceSpec] = {
+    # v2 and v3 (Colab's legacy TPU runtime): each TensorCore is one JAX device.
+    "v2": DeviceSpec("v2", "tpu", "TPU v2", 8 * GIB, 22.5e12, 8),
+    "v3": DeviceSpec("v3", "tpu", "TPU v3", 16 * GIB, 61.5e12, 8),
     "v4": DeviceSpec("v4", "tpu", "TPU v4", 32 * GIB, 275e12, 4, cores_per_device=2),
-    "v5e": DeviceSpec("v5e", "tpu", "TPU v5 lite", 16 * GIB, 197e12, 4),
+    "v5e": DeviceSpec("v5e", "tpu", "TPU v5 lite", 16 * GIB, 197e12, 4, single_host_max=8),
     "v5p": DeviceSpec("v5p", "tpu", "TPU v5", 95 * GIB, 459e12, 4, cores_per_device=2),
-    "v6e": DeviceSpec("v6e", "tpu", "TPU v6 lite", 32 * GIB, 918e12, 4),
+    "v6e": DeviceSpec("v6e", "tpu", "TPU v6 lite", 32 * GIB, 918e12, 4, single_host_max=8),
     "h100": DeviceSpec("h100", "gpu", "NVIDIA H100 80GB HBM3", 80 * GIB, 989e12, 8,
                        usable_fraction=0.90),
     "h200": DeviceSpec("h200", "gpu", "NVIDIA H200", 141 * GIB, 989e12, 8,
@@ -72,10 +79,10 @@ DEVICES: dict[str, DeviceSpec] = {
 }
 
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
-_TPU_RE = re.compile(r"^(v4|v5e|v5litepod|v5lite|v5p|v6e)-(\d+)$")
+_TPU_RE = re.compile(r"^(v2|v3|v4|v5e|v5litepod|v5lite|v5p|v6e)-(\d+)$")
 _GPU_RE = re.compile(r"^(\d+)x(h100|h200)$")
 _CPU_RE = re.compile(r"^cpu-(\d+)$")
-EXAMPLES = ("v4-32", "v5e-8", "v5e-64", "v5p-128", "v6e-16", "8xh100", "16xh100", "cpu-8")
+EXAMPLES = ("v2-8", "v4-32", "v5e-8", "v5e-64", "v5p-128", "v6e-16", "8xh100", "16xh100", "cpu-8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +106,9 @@ class Topology:
   @property
   def devices_per_host(self) -> int:
     """JAX devices per process (one process per TPU VM or GPU node)."""
-    return min(self.num_devices, self.device.devices_per_host)
+    if self.num_devices <= max(self.device.single_host_max, self.device.devices_per_host):
+      return self.num_devices
+    return self.device.devices_per_host
 
   @property
   def num_hosts(self) -> int:
@@ -164,7 +173,7 @@ def parse(name: str) -> Topology:
 
 def _check_multi_host(name: str, num_devices: int, device: DeviceSpec) -> None:
   per_host = device.devices_per_host
-  if num_devices > per_host and num_devices % per_host:
+  if num_devices > max(per_host, device.single_host_max) and num_devices % per_host:
     raise ValueError(f"topology {name!r}: a multi-host {device.family} job has "
                      f"{per_host} devices per host; use a multiple of {per_host}")
 
