@@ -118,12 +118,14 @@ def get_config(arg=None):
   c.sft.batch_size = 32
   c.sft.learning_rate = 1e-3
   c.sft.warmup_steps = 20
+  c.sft.cache_dir = ""  # empty: <workdir>/sft; another path shares one warm start across runs
 
   # ---------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.temperature = 0.0  # pass@1 greedy; pass@2 adds a second attempt with feedback
   c.eval.max_examples_per_task = 48
+  c.eval.sft_baseline = True  # also evaluate the SFT warm start as a row of the table
 
   # ---------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()
@@ -136,6 +138,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 20
   c.checkpoint.keep_last = 2
   c.checkpoint.keep_best = 1  # by mean reward; 0 disables
+  c.checkpoint.async_save = True  # write in the background; the next save or exit waits
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 1
   c.log.tensorboard = True
