@@ -8,7 +8,7 @@ Columns, in the paper's order (values are percentages, higher is better):
 | CRUX-O | code_io | output_accuracy (CRUXEval output prediction) |
 | Gen pass@1 | code_gen | pass@1 (Aider-Polyglot style, greedy) |
 | Gen pass@2 | code_gen | pass@2 (second attempt after test feedback) |
-| Test compile | test_gen | compile_rate (Defects4J style: tests that load and run) |
+| Test run | test_gen | run_rate (Defects4J's compile rate: generated tests that load and run) |
 | Test line cov | test_gen | line_coverage |
 | Test branch cov | test_gen | branch_coverage |
 | Commit BLEU | commit_msg | bleu |
@@ -16,10 +16,10 @@ Columns, in the paper's order (values are percentages, higher is better):
 | Commit METEOR | commit_msg | meteor |
 | Average | | mean of the columns present |
 
-Task metrics come in as fractions in [0, 1] (`{"code_io": {"input_accuracy":
-0.41, ...}}`); the table shows them x100. When a run evaluates only some tasks
-the missing columns read "-" and the average is over the columns present (its
-header says how many of the ten).
+Task metrics come in as percentages, as the tasks' `metrics` return them
+(`{"code_io": {"input_accuracy": 41.0, ...}}`). When a run evaluates only some
+tasks, or a metric is NaN (no example of that kind), the column reads "-" and
+the average is over the columns present (its header says how many of the ten).
 
 Several runs (ASTOR and the baselines, each in its own workdir) combine into one
 table with:
@@ -53,7 +53,7 @@ PAPER_COLUMNS: tuple[Column, ...] = (
     Column("CRUX-O", "code_io", "output_accuracy"),
     Column("Gen pass@1", "code_gen", "pass@1"),
     Column("Gen pass@2", "code_gen", "pass@2"),
-    Column("Test compile", "test_gen", "compile_rate"),
+    Column("Test run", "test_gen", "run_rate"),
     Column("Test line cov", "test_gen", "line_coverage"),
     Column("Test branch cov", "test_gen", "branch_coverage"),
     Column("Commit BLEU", "commit_msg", "bleu"),
@@ -69,7 +69,7 @@ def results_row(task_metrics: TaskMetrics) -> dict[str, float]:
   """One method's row: `{column header: percent}` plus `Average` (absent columns left out).
 
   Raises:
-    ValueError: a metric is not a finite number in [0, 1].
+    ValueError: a metric is not a number in [0, 100] (NaN means absent).
   """
   row = {}
   for col in PAPER_COLUMNS:
@@ -77,9 +77,12 @@ def results_row(task_metrics: TaskMetrics) -> dict[str, float]:
     if value is None:
       continue
     value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-      raise ValueError(f"{col.task}/{col.metric}: got {value}, expected a fraction in [0, 1]")
-    row[col.header] = 100.0 * value
+    if math.isnan(value):
+      continue
+    if not 0.0 <= value <= 100.0:
+      raise ValueError(f"{col.task}/{col.metric}: got {value}, expected a percentage in "
+                       "[0, 100]")
+    row[col.header] = value
   if row:
     row[AVERAGE] = sum(row.values()) / len(row)
   return row
@@ -109,7 +112,7 @@ def write_results_table(rows: Mapping[str, TaskMetrics], out_dir: str,
   """Writes `<out_dir>/<name>.md` and `<name>.csv` for methods x paper metrics.
 
   Args:
-    rows: method name -> task metrics (fractions), e.g. `{"astor": {"code_io": {...}}}`.
+    rows: method name -> task metrics (percentages), e.g. `{"astor": {"code_io": {...}}}`.
     out_dir: directory (created).
     name: file name stem.
 

@@ -9,10 +9,11 @@ import pytest
 from astor_jax.eval import table
 
 FULL = {
-    "code_io": {"input_accuracy": 0.5, "output_accuracy": 0.25},
-    "code_gen": {"pass@1": 0.1, "pass@2": 0.2},
-    "test_gen": {"compile_rate": 0.9, "line_coverage": 0.6, "branch_coverage": 0.4},
-    "commit_msg": {"bleu": 0.05, "rouge_l": 0.3, "meteor": 0.2, "extra": 0.7},
+    "code_io": {"input_accuracy": 50.0, "output_accuracy": 25.0},
+    "code_gen": {"pass@1": 10.0, "pass@2": 20.0},
+    "test_gen": {"run_rate": 90.0, "line_coverage": 60.0, "branch_coverage": 40.0,
+                 "mutation_score": 30.0},
+    "commit_msg": {"bleu": 5.0, "rouge_l": 30.0, "meteor": 20.0},
 }
 
 
@@ -20,13 +21,15 @@ def test_row_has_ten_percent_columns_and_their_mean():
   row = table.results_row(FULL)
   assert len(row) == 11
   assert row["CRUX-I"] == 50.0 and row["Commit METEOR"] == 20.0
-  expected = 100 * (0.5 + 0.25 + 0.1 + 0.2 + 0.9 + 0.6 + 0.4 + 0.05 + 0.3 + 0.2) / 10
+  expected = (50 + 25 + 10 + 20 + 90 + 60 + 40 + 5 + 30 + 20) / 10
   assert row[table.AVERAGE] == pytest.approx(expected)
 
 
 def test_partial_row_averages_present_columns_and_says_so(tmp_path):
   md_path, csv_path = table.write_results_table(
-      {"specialist": {"code_gen": {"pass@1": 0.3, "pass@2": 0.5}}, "astor": FULL}, tmp_path)
+      {"specialist": {"code_gen": {"pass@1": 30.0, "pass@2": 50.0},
+                      "code_io": {"input_accuracy": float("nan")}},
+       "astor": FULL}, tmp_path)
   md = open(md_path).read().splitlines()
   assert md[0].endswith("| Average (of 2/10 metrics) |")
   specialist = md[2].split("|")
@@ -40,19 +43,19 @@ def test_partial_row_averages_present_columns_and_says_so(tmp_path):
   assert float(rows[1]["Average"]) == pytest.approx(table.results_row(FULL)["Average"])
 
 
-@pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.1])
+@pytest.mark.parametrize("bad", [float("inf"), 100.5, -0.1])
 def test_rejects_non_fraction(bad):
   with pytest.raises(ValueError, match="code_gen/pass@1"):
     table.results_row({"code_gen": {"pass@1": bad}})
 
 
 def test_combine_runs_from_workdirs(tmp_path, capsys):
-  for name, value in (("astor_run", 0.4), ("uniform_run", 0.2)):
+  for name, value in (("astor_run", 40.0), ("uniform_run", 20.0)):
     results = tmp_path / name / table.RESULTS_DIR
     os.makedirs(results)
     method = "astor" if name == "astor_run" else "uniform"
     (results / table.EVAL_FILE).write_text(json.dumps(
-        {"methods": {"sft": {"code_gen": {"pass@1": 0.1}},
+        {"methods": {"sft": {"code_gen": {"pass@1": 10.0}},
                      method: {"code_gen": {"pass@1": value}}}}))
   out = tmp_path / "combined"
   assert table.main([str(tmp_path / "astor_run"), str(tmp_path / "uniform_run"),
