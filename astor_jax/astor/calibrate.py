@@ -108,8 +108,10 @@ class KLState(NamedTuple):
 
 def init(hp: AstorHParams) -> KLState:
   """Every task starts at `init_beta` with its own target."""
-  beta = jnp.full((hp.num_tasks,), hp.init_beta, jnp.float32)
-  return KLState(controller_beta=beta, beta=beta,
+  def beta():  # distinct buffers: the train step donates the state
+    return jnp.full((hp.num_tasks,), hp.init_beta, jnp.float32)
+
+  return KLState(controller_beta=beta(), beta=beta(),
                  target_kl=jnp.asarray(hp.target_kl, jnp.float32),
                  measured_kl=jnp.zeros((hp.num_tasks,), jnp.float32))
 

@@ -145,17 +145,20 @@ def init(prompts_per_task: Sequence[int], hp: AstorHParams, rng: chex.PRNGKey) -
   if hp.progress_mode not in PROGRESS_MODES:
     raise ValueError(f"config.astor.progress_mode: got {hp.progress_mode!r}, expected one of "
                      f"{', '.join(PROGRESS_MODES)}")
-  zeros = jnp.zeros((num_tasks,), jnp.float32)
+  # Distinct buffers per field: the train step donates the state.
+  def zeros():
+    return jnp.zeros((num_tasks,), jnp.float32)
+
   base, extra = divmod(hp.batch_prompts, num_tasks)
   budget = jnp.asarray([base + (k < extra) for k in range(num_tasks)], jnp.int32)
   return UtilityState(
       step=jnp.zeros((), jnp.int32),
       rng=jnp.asarray(rng),
       task_updates=jnp.zeros((num_tasks,), jnp.int32),
-      reward_mean=zeros, reward_var=zeros, progress=zeros, potential=zeros,
+      reward_mean=zeros(), reward_var=zeros(), progress=zeros(), potential=zeros(),
       synergy=jnp.zeros((num_tasks, num_tasks), jnp.float32),
       synergy_seen=jnp.zeros((num_tasks, num_tasks), bool),
-      utility=zeros,
+      utility=zeros(),
       budget=budget,
       kl=calibrate.init(hp),
       prompts=priority.init(prompts_per_task))
