@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from astor_jax.model import sharding as model_sharding
+from astor_jax.model import transformer
 from astor_jax.rollout import buckets, sampling
 
 FINISH_LENGTH, FINISH_EOS, FINISH_STOP = 0, 1, 2
@@ -166,9 +167,16 @@ def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-             key: jax.Array, sampling_params: SamplingParams, *, group_size: int,
-             max_new_tokens: int, pad_id: int, init_cache) -> SamplerOutput:
+def _prefill(model, tokens, positions, attention_mask, cache, cache_index):
+  """Fills the cache with the prompts; logits `[B, V]` of the last column only."""
+  hidden, cache = model.hidden_states(tokens, positions, attention_mask, cache, cache_index)
+  return model.logits_from_hidden(hidden[:, -1]), cache
+
+
+def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Array,
+             prompt_mask: jax.Array, key: jax.Array, sampling_params: SamplingParams, *,
+             group_size: int, max_new_tokens: int, pad_id: int,
+             cache_dtype=None) -> SamplerOutput:
   """Samples `group_size` completions per prompt (pure; jit with the static args).
 
   Args:
@@ -181,7 +189,7 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
     group_size: rollouts per prompt G (static).
     max_new_tokens: capacity M of the completion buffers (static).
     pad_id: token id written after a row finished (static).
-    init_cache: `(batch_size, max_len) -> cache` for this model (static).
+    cache_dtype: KV-cache dtype (static; default the model's compute dtype).
 
   Returns:
     SamplerOutput with `N = B * group_size` rows.
@@ -199,22 +207,21 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
   prompt_tokens = model_sharding.constrain(prompt_tokens, batch_axes)
   prompt_mask = model_sharding.constrain(prompt_mask, batch_axes)
 
-  # Prefill: causal over real prompt tokens; a pad query sees itself only, so
-  # no attention row is empty. Slots [P, S) are not yet written.
-  positions = prompt_positions(prompt_mask)
-  causal = jnp.tril(jnp.ones((prompt_len, prompt_len), dtype=bool))
-  diagonal = jnp.eye(prompt_len, dtype=bool)
-  prefill_mask = (causal[None] & prompt_mask[:, None, :]) | diagonal[None]
-  prefill_mask = jnp.pad(prefill_mask, ((0, 0), (0, 0), (0, max_new_tokens)))
-  cache = init_cache(num_prompts, cache_len)
-  logits, cache = model.apply({"params": params}, prompt_tokens, positions, prefill_mask,
-                              cache=cache, cache_index=jnp.int32(0))
-  last_logits = logits[:, -1].astype(jnp.float32)
+  # Prefill writes slots [0, P); slots [P, S) stay invisible until written.
+  key_mask = jnp.concatenate([prompt_mask, jnp.zeros((num_prompts, max_new_tokens), bool)],
+                             axis=1)
+  cache = transformer.init_cache(model.config, num_prompts, cache_len, cache_dtype)
+  last_logits, cache = model.apply(
+      {"params": params}, prompt_tokens, prompt_positions(prompt_mask),
+      transformer.cache_mask(key_mask, jnp.int32(0), prompt_len), cache, jnp.int32(0),
+      method=_prefill)
 
   # G rollouts share one prefill: repeat the cache rows instead of recomputing.
-  repeat = lambda x: jnp.repeat(x, group_size, axis=0)
+  repeat = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
   if group_size > 1:
-    cache = jax.tree.map(repeat, cache)
+    # Cache leaves are [B, K, S, Dh] per layer, or [L, B, K, S, Dh] when scanned.
+    batch_axis = 1 if model.config.scan_layers else 0
+    cache = jax.tree.map(lambda x: repeat(x, batch_axis), cache)
     last_logits = repeat(last_logits)
   prompt_tokens, prompt_mask = repeat(prompt_tokens), repeat(prompt_mask)
   real_prompt_len = prompt_mask.sum(axis=-1).astype(jnp.int32)
@@ -244,12 +251,13 @@ def generate(model, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Arra
 
   def decode_step(state: _DecodeState) -> _DecodeState:
     previous = state.step - 1  # the token fed now, at cache slot P + previous
-    visible = jnp.concatenate(
+    slot = prompt_len + previous
+    written = jnp.concatenate(
         [prompt_mask, jnp.broadcast_to(generated_slot <= previous, (rows, max_new_tokens))],
         axis=1)
     logits, cache = model.apply(
         {"params": params}, state.last_tokens[:, None], (real_prompt_len + previous)[:, None],
-        visible[:, None, :], cache=state.cache, cache_index=prompt_len + previous)
+        transformer.cache_mask(written, slot, 1), state.cache, slot)
     return choose(state._replace(cache=cache), logits[:, -1].astype(jnp.float32))
 
   def unfinished(state: _DecodeState) -> jax.Array:
@@ -309,26 +317,25 @@ class Sampler:
   live (the actor's params on the same mesh are not copied).
 
   Example:
-    sampler = Sampler(model, init_cache, max_new_tokens=96, prompt_buckets=(64, 128),
-                      pad_id=0)
+    sampler = Sampler(model, max_new_tokens=96, prompt_buckets=(64, 128), pad_id=0)
     rng, key = jax.random.split(rng)
     out = sampler(params, prompts, key, group_size=8, temperature=1.0,
                   stop=StopCondition(eos_ids=(2,)))
   """
 
-  def __init__(self, model, init_cache, *, max_new_tokens: int, prompt_buckets: Sequence[int],
-               pad_id: int, mesh: jax.sharding.Mesh | None = None, max_eos_ids: int = 4,
-               max_stop_sequences: int = 4, max_stop_length: int = 16):
+  def __init__(self, model: transformer.Transformer, *, max_new_tokens: int,
+               prompt_buckets: Sequence[int], pad_id: int, mesh: jax.sharding.Mesh | None = None,
+               cache_dtype=None, max_eos_ids: int = 4, max_stop_sequences: int = 4,
+               max_stop_length: int = 16):
     """Builds the engine.
 
     Args:
-      model: the `Transformer` (its `apply` takes `cache` and `cache_index`).
-      init_cache: `(batch_size, max_len) -> cache`, e.g.
-        `functools.partial(astor_jax.model.init_cache, config, dtype=jnp.float32)`.
+      model: the `Transformer`.
       max_new_tokens: capacity M of a completion (`config.sampler.max_new_tokens`).
       prompt_buckets: increasing padded prompt lengths (`config.sampler.prompt_buckets`).
       pad_id: the tokenizer's pad id.
       mesh: the training mesh, or None for the default device.
+      cache_dtype: KV-cache dtype (default: the model's compute dtype).
       max_eos_ids: capacity of a row's EOS-id list.
       max_stop_sequences: capacity of a row's stop-sequence list.
       max_stop_length: the longest stop sequence, in tokens.
@@ -350,7 +357,7 @@ class Sampler:
     self.max_stop_length = max_stop_length
     self._generate = jax.jit(
         functools.partial(generate, model, max_new_tokens=max_new_tokens, pad_id=self.pad_id,
-                          init_cache=init_cache),
+                          cache_dtype=cache_dtype),
         static_argnames=("group_size",))
 
   def _stop_tables(self, stop: StopCondition | Sequence[StopCondition],
@@ -382,27 +389,9 @@ class Sampler:
       raise ValueError("stop: token ids must be >= 0")
     return eos, seqs
 
-  def __call__(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,
-               group_size: int = 1, temperature=1.0, top_p=1.0, top_k=0,
-               max_new_tokens=None,
-               stop: StopCondition | Sequence[StopCondition] = StopCondition(),
-               ) -> SamplerOutput:
-    """Samples `group_size` completions for each prompt.
-
-    Args:
-      params: model parameters (on the default device or on `mesh`).
-      prompts: B prompts of token ids (no padding), 1 to max(prompt_buckets) long.
-      key: a PRNG key for this call only (split it off your rng; never reuse it).
-      group_size: rollouts per prompt G.
-      temperature: one value or one per prompt; 0 is greedy.
-      top_p: one value or one per prompt, in (0, 1].
-      top_k: one value or one per prompt; 0 is off.
-      max_new_tokens: None (the capacity M), one value or one per prompt, in [1, M].
-      stop: one StopCondition for all prompts, or one per prompt (per task).
-
-    Returns:
-      SamplerOutput with `B * group_size` rows, row r from prompt r // group_size.
-    """
+  def _arguments(self, prompts: Sequence[Sequence[int]], key: jax.Array, group_size: int,
+                 temperature, top_p, top_k, max_new_tokens, stop) -> tuple:
+    """Validates a call and builds the positional arguments of `generate` after params."""
     num_prompts = len(prompts)
     if num_prompts == 0:
       raise ValueError("prompts: empty; pass at least one prompt")
@@ -428,8 +417,44 @@ class Sampler:
     per_row = lambda x: np.repeat(x, group_size, axis=0)
     sampling_params = SamplingParams(**{k: per_row(v) for k, v in settings.items()},
                                      eos_ids=per_row(eos), stop_sequences=per_row(seqs))
-    args = (prompt_tokens, prompt_mask, key, sampling_params)
+    return prompt_tokens, prompt_mask, key, sampling_params
+
+  def __call__(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,
+               group_size: int = 1, temperature=1.0, top_p=1.0, top_k=0,
+               max_new_tokens=None,
+               stop: StopCondition | Sequence[StopCondition] = StopCondition(),
+               ) -> SamplerOutput:
+    """Samples `group_size` completions for each prompt.
+
+    Args:
+      params: model parameters (on the default device or on `mesh`).
+      prompts: B prompts of token ids (no padding), 1 to max(prompt_buckets) long.
+      key: a PRNG key for this call only (split it off your rng; never reuse it).
+      group_size: rollouts per prompt G.
+      temperature: one value or one per prompt; 0 is greedy.
+      top_p: one value or one per prompt, in (0, 1].
+      top_k: one value or one per prompt; 0 is off.
+      max_new_tokens: None (the capacity M), one value or one per prompt, in [1, M].
+      stop: one StopCondition for all prompts, or one per prompt (per task).
+
+    Returns:
+      SamplerOutput with `B * group_size` rows, row r from prompt r // group_size.
+    """
+    args = self._arguments(prompts, key, group_size, temperature, top_p, top_k,
+                           max_new_tokens, stop)
     if self.mesh is None:
       return self._generate(params, *args, group_size=group_size)
     with jax.set_mesh(self.mesh):
       return self._generate(params, *args, group_size=group_size)
+
+  def lower(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,
+            group_size: int = 1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=None,
+            stop: StopCondition | Sequence[StopCondition] = StopCondition(),
+            ) -> jax.stages.Lowered:
+    """The lowered program a call with these arguments runs (for HLO and cost checks)."""
+    args = self._arguments(prompts, key, group_size, temperature, top_p, top_k,
+                           max_new_tokens, stop)
+    if self.mesh is None:
+      return self._generate.lower(params, *args, group_size=group_size)
+    with jax.set_mesh(self.mesh):
+      return self._generate.lower(params, *args, group_size=group_size)

@@ -1,0 +1,224 @@
+"""The KV-cache sampler end to end on a tiny random model."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from astor_jax.model import forward, make_mesh, shard_params, token_logprobs
+from astor_jax.model.transformer import Transformer
+from astor_jax.rollout import sampler as sampler_lib
+from astor_jax.rollout.rows import to_batch_rows
+from astor_jax.rollout.sampler import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Sampler, StopCondition
+from tests.rollout.conftest import PAD_ID, TINY
+
+MAX_NEW = 12
+PROMPTS = [[5, 17, 3], [40, 2, 8, 9, 33, 12, 7, 1], [22], [6, 6, 50, 11, 19]]
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_model):
+  model, _ = tiny_model
+  return Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID)
+
+
+def reference_greedy(model, params, prompts, steps):
+  """Greedy decoding by full forwards without a cache, one unpadded row per prompt.
+
+  Rows start at column 0 and are right-padded; under the causal mask the pads
+  after position t never influence the logits at t.
+  """
+  length = max(map(len, prompts)) + steps
+  tokens = np.zeros((len(prompts), length), np.int32)
+  lengths = np.asarray([len(p) for p in prompts])
+  for r, p in enumerate(prompts):
+    tokens[r, :len(p)] = p
+  positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape)
+  rows = np.arange(len(prompts))
+  for _ in range(steps):
+    input_mask = positions < lengths[:, None]
+    logits = np.asarray(forward(model, params, jnp.asarray(tokens), positions, input_mask))
+    tokens[rows, lengths] = np.argmax(logits[rows, lengths - 1], axis=-1)
+    lengths = lengths + 1
+  return [tokens[r, len(p):len(p) + steps] for r, p in enumerate(prompts)]
+
+
+@pytest.fixture(scope="module")
+def greedy_out(tiny_model, sampler):
+  _, params = tiny_model
+  return jax.device_get(sampler(params, PROMPTS, jax.random.key(0), temperature=0.0))
+
+
+def test_greedy_equals_step_by_step_full_forward(tiny_model, greedy_out):
+  model, params = tiny_model
+  expected = reference_greedy(model, params, PROMPTS, MAX_NEW)
+  np.testing.assert_array_equal(greedy_out.tokens, np.stack(expected))
+  assert len({tuple(row) for row in expected}) == len(PROMPTS)
+  assert len(set(np.concatenate(expected))) > 15, "degenerate model: a few tokens forever"
+  np.testing.assert_array_equal(greedy_out.lengths, MAX_NEW)
+  np.testing.assert_array_equal(greedy_out.finish_reasons, FINISH_LENGTH)
+  assert greedy_out.completion_mask.all()
+
+
+def test_early_stops_in_a_padded_batch_match_unpadded_single_rows(tiny_model, sampler,
+                                                                  greedy_out):
+  model, params = tiny_model
+  # Stop row 0 by EOS at its 4th token, row 1 by a 2-token stop sequence ending at its
+  # 6th; rows 2 and 3 use an EOS id they never produce and a budget of 7 tokens.
+  never = next(t for t in range(1, TINY.vocab_size)
+               if t not in greedy_out.tokens[2] and t not in greedy_out.tokens[3])
+  row0, row1 = greedy_out.tokens[0], greedy_out.tokens[1]
+  eos0 = int(row0[3])
+  stop1 = (int(row1[4]), int(row1[5]))
+  assert eos0 not in row0[:3]
+  assert all(tuple(row1[i:i + 2]) != stop1 for i in range(4))
+  stops = [StopCondition(eos_ids=(eos0,)), StopCondition(stop_sequences=((99,), stop1)),
+           StopCondition(eos_ids=(never,)), StopCondition(eos_ids=(never,))]
+  budgets = [MAX_NEW, MAX_NEW, 7, 7]
+  out = sampler(params, PROMPTS, jax.random.key(1), temperature=0.0, stop=stops,
+                max_new_tokens=budgets)
+  np.testing.assert_array_equal(out.lengths, [4, 6, 7, 7])
+  np.testing.assert_array_equal(out.finish_reasons,
+                                [FINISH_EOS, FINISH_STOP, FINISH_LENGTH, FINISH_LENGTH])
+  for r, prompt in enumerate(PROMPTS):
+    single = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(len(prompt),),
+                     pad_id=PAD_ID)(params, [prompt], jax.random.key(2), temperature=0.0,
+                                    stop=stops[r], max_new_tokens=budgets[r])
+    np.testing.assert_array_equal(out.tokens[r], single.tokens[0], err_msg=f"row {r}")
+    np.testing.assert_array_equal(out.completion_mask[r], single.completion_mask[0])
+    n = int(out.lengths[r])
+    np.testing.assert_array_equal(out.tokens[r, :n], greedy_out.tokens[r, :n])
+    np.testing.assert_array_equal(out.tokens[r, n:], PAD_ID)
+    assert not out.completion_mask[r, n:].any() and out.completion_mask[r, :n].all()
+    np.testing.assert_array_equal(out.logprobs[r, n:], 0.0)
+
+
+@pytest.mark.parametrize("temperature, top_p, top_k", [(1.0, 1.0, 0), (0.7, 0.9, 20)])
+def test_logprobs_equal_the_trainers(tiny_model, sampler, temperature, top_p, top_k):
+  model, params = tiny_model
+  group_size = 3
+  out = sampler(params, PROMPTS, jax.random.key(3), group_size=group_size,
+                temperature=temperature, top_p=top_p, top_k=top_k)
+  rows = to_batch_rows(out, group_size)
+  logprobs, _ = token_logprobs(model, params, rows["tokens"], rows["positions"],
+                               rows["input_mask"])
+  mask = np.asarray(rows["completion_mask"])
+  assert mask.sum() == len(PROMPTS) * group_size * MAX_NEW
+  np.testing.assert_allclose(np.where(mask, logprobs, 0.0), rows["sampler_logprobs"],
+                             atol=1e-5, rtol=0)
+  # Processed log-probs: log of softmax(logits / T) restricted to top-k/top-p.
+  logits = np.asarray(forward(model, params, rows["tokens"], rows["positions"],
+                              rows["input_mask"]), np.float64)[:, :-1] / temperature
+  tokens = np.asarray(rows["tokens"])[:, 1:]
+  order = np.sort(logits, axis=-1)[..., ::-1]
+  kth = order[..., top_k - 1:top_k] if top_k else order[..., -1:]
+  logits = np.where(logits >= kth, logits, -np.inf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  sorted_probs = np.sort(probs, axis=-1)[..., ::-1]
+  before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+  cut = np.min(np.where(before < top_p, sorted_probs, np.inf), axis=-1, keepdims=True)
+  probs = np.where(probs >= cut, probs, 0.0)
+  probs /= probs.sum(-1, keepdims=True)
+  with np.errstate(divide="ignore"):  # prompt columns may hold filtered-out tokens
+    picked = np.log(np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0])
+  processed = np.concatenate([np.zeros((mask.shape[0], 1)), picked], axis=1)
+  np.testing.assert_allclose(
+      np.asarray(out.processed_logprobs),
+      np.where(mask, processed, 0.0)[:, -MAX_NEW:], atol=1e-5, rtol=0)
+
+
+def test_batch_rows_follow_the_design_contract(greedy_out):
+  rows = to_batch_rows(greedy_out, group_size=1)
+  prompt_len = greedy_out.prompt_tokens.shape[1]
+  assert rows["tokens"].shape == (len(PROMPTS), prompt_len + MAX_NEW)
+  r = 0  # prompt of 3 tokens in a bucket of 8
+  np.testing.assert_array_equal(rows["tokens"][r, :8], [0] * 5 + PROMPTS[r])
+  np.testing.assert_array_equal(rows["positions"][r], [0] * 5 + list(range(3 + MAX_NEW)))
+  np.testing.assert_array_equal(rows["input_mask"][r], [False] * 5 + [True] * (3 + MAX_NEW))
+  np.testing.assert_array_equal(rows["completion_mask"][r], [False] * 8 + [True] * MAX_NEW)
+  np.testing.assert_array_equal(rows["sampler_logprobs"][r, :8], 0.0)
+  np.testing.assert_array_equal(rows["group_ids"], np.arange(len(PROMPTS)))
+
+
+def test_groups_share_one_prefill_and_draw_distinct_rollouts(tiny_model, sampler):
+  model, params = tiny_model
+  traced_rows = []
+
+  class Recording(Transformer):
+    def hidden_states(self, tokens, *args, **kwargs):
+      traced_rows.append(tokens.shape)
+      return super().hidden_states(tokens, *args, **kwargs)
+
+  spec = functools.partial(sampler_lib.generate, Recording(TINY), group_size=4,
+                           max_new_tokens=MAX_NEW, pad_id=PAD_ID)
+  n = len(PROMPTS) * 4
+  tables = sampler_lib.SamplingParams(
+      np.ones(n, np.float32), np.ones(n, np.float32), np.zeros(n, np.int32),
+      np.full(n, MAX_NEW, np.int32), np.full((n, 1), -1, np.int32),
+      np.full((n, 1, 1), -1, np.int32))
+  jax.eval_shape(spec, params, np.zeros((4, 8), np.int32), np.ones((4, 8), bool),
+                 jax.random.key(0), tables)
+  assert traced_rows == [(4, 8), (16, 1)]  # prefill on 4 prompts, decode on 16 rows
+
+  out = sampler(params, PROMPTS, jax.random.key(4), group_size=4, temperature=1.0)
+  tokens = np.asarray(out.tokens).reshape(len(PROMPTS), 4, MAX_NEW)
+  for group in tokens:
+    assert len({tuple(row) for row in group}) == 4
+  np.testing.assert_array_equal(np.asarray(out.prompt_tokens)[::4], np.asarray(
+      out.prompt_tokens)[3::4])
+  again = sampler(params, PROMPTS, jax.random.key(4), group_size=4, temperature=1.0)
+  np.testing.assert_array_equal(out.tokens, again.tokens)
+  other = sampler(params, PROMPTS, jax.random.key(5), group_size=4, temperature=1.0)
+  assert np.mean(np.asarray(out.tokens) == np.asarray(other.tokens)) < 0.5
+  greedy = sampler(params, PROMPTS, jax.random.key(4), group_size=4, temperature=0.0)
+  for group in np.asarray(greedy.tokens).reshape(len(PROMPTS), 4, MAX_NEW):
+    assert (group == group[0]).all()
+
+
+def test_new_settings_never_recompile(tiny_model):
+  model, params = tiny_model
+  sampler = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID)
+  settings = [dict(temperature=1.0), dict(temperature=0.0, top_p=0.5, top_k=3),
+              dict(temperature=[0.0, 0.5, 1.0, 2.0], max_new_tokens=[1, 2, 3, 4],
+                   stop=StopCondition(eos_ids=(1, 2), stop_sequences=((3, 4),)))]
+  for i, kwargs in enumerate(settings):
+    sampler(params, PROMPTS, jax.random.key(i), **kwargs)
+  sampler(params, [[1, 2]] * 4, jax.random.key(9))  # other lengths, same bucket
+  assert sampler._generate._cache_size() == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_k=[1, 2]), "top_k: got 2 values for 4 prompts"),
+    (dict(max_new_tokens=MAX_NEW + 1), "max_new_tokens"),
+    (dict(stop=StopCondition(eos_ids=tuple(range(5)))), "max_eos_ids"),
+    (dict(stop=StopCondition(stop_sequences=((),))), "stop_sequences"),
+    (dict(group_size=0), "group_size"),
+])
+def test_bad_arguments_are_named(tiny_model, sampler, kwargs, match):
+  _, params = tiny_model
+  with pytest.raises(ValueError, match=match):
+    sampler(params, PROMPTS, jax.random.key(0), **kwargs)
+
+
+def test_sharded_on_the_training_mesh_matches_one_device(tiny_model, greedy_out):
+  model, params = tiny_model
+  mesh = make_mesh(data=2, fsdp=2, tensor=2)
+  sharded_params = shard_params(params, model, mesh)
+  sampler = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                    mesh=mesh)
+  out = sampler(sharded_params, PROMPTS * 2, jax.random.key(0), temperature=0.0)
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.tile(greedy_out.tokens, (2, 1)))
+  np.testing.assert_allclose(np.asarray(out.logprobs), np.tile(greedy_out.logprobs, (2, 1)),
+                             atol=1e-5)
+  # The params enter the program in the sharding they already have: no copy.
+  compiled = sampler.lower(sharded_params, PROMPTS * 2, jax.random.key(0)).compile()
+  expected = jax.tree.map(lambda x: x.sharding, sharded_params)
+  got = compiled.input_shardings[0][0]
+  for leaf, want, have in zip(jax.tree.leaves(sharded_params), jax.tree.leaves(expected),
+                              jax.tree.leaves(got)):
+    assert want.is_equivalent_to(have, leaf.ndim)
