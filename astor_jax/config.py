@@ -78,6 +78,11 @@ def string(path: str) -> Check:
   return Check(path, lambda v: isinstance(v, str), "a string")
 
 
+def _is_weights(v) -> bool:
+  return (isinstance(v, (tuple, list)) and len(v) == 3 and all(_is_num(w) and w >= 0 for w in v)
+          and sum(v) > 0)
+
+
 DTYPES = ("float32", "bfloat16", "float16")
 KNOWN_TASKS = ("code_io", "code_gen", "test_gen", "commit_msg")
 KNOWN_PHASES = ("sft", "rl", "eval")
@@ -99,9 +104,22 @@ CHECKS: tuple[Check, ...] = (
     positive_int("data.train_per_task"),
     positive_int("data.eval_per_task"),
     positive_int("data.vocab_size"),
+    Check("data.difficulties", lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+          and all(_is_int(d) and 1 <= d <= 4 for d in v),
+          "a non-empty list of tiny-world levels from 1, 2, 3, 4"),
+    string("data.data_dir"),
     Check("tasks", lambda v: isinstance(v, (tuple, list)) and len(v) > 0
           and len(set(v)) == len(v) and all(t in KNOWN_TASKS for t in v),
           "a non-empty list of distinct names from " + ", ".join(KNOWN_TASKS)),
+    boolean("task_opts.code_gen_partial_credit"),
+    nonneg_int("task_opts.test_gen_max_mutants"),
+    Check("task_opts.test_gen_weights", _is_weights,
+          "three numbers >= 0 with a positive sum (line, branch, mutation)"),
+    Check("task_opts.commit_weights", _is_weights,
+          "three numbers >= 0 with a positive sum (BLEU, ROUGE-L, METEOR)"),
+    positive_int("task_opts.commit_max_diff_chars"),
+    boolean("task_opts.meteor_wordnet"),
+    boolean("task_opts.rouge_stemmer"),
     nonneg("sampler.temperature"),
     in_range("sampler.top_p", 0.0, 1.0),
     nonneg_int("sampler.top_k"),
@@ -125,20 +143,30 @@ CHECKS: tuple[Check, ...] = (
     nonneg("rl.weight_decay"),
     positive("rl.max_grad_norm"),
     positive_int("rl.minibatches"),
+    positive_int("rl.microbatches"),
     one_of("astor.schedule", ("astor", "uniform", "curriculum", "specialist")),
     positive("astor.tau"),
     in_range("astor.floor", 0.0, 1.0),
     in_range("astor.ema_decay", 0.0, 1.0),
     nonneg("astor.potential_weight"),
     nonneg("astor.progress_weight"),
+    one_of("astor.progress_mode", ("absolute", "signed")),
     nonneg("astor.synergy_weight"),
     positive_int("astor.synergy_interval"),
     in_range("astor.synergy_ema_decay", 0.0, 1.0),
+    nonneg("astor.priority_staleness_weight"),
+    positive_int("astor.priority_staleness_horizon"),
+    positive("astor.priority_temperature"),
+    nonneg("astor.zero_variance_penalty"),
     nonneg_int("astor.synergy_sketch_dim"),
     boolean("astor.calibrate"),
     nonneg("astor.init_beta"),
     positive("astor.target_kl"),
+    Check("astor.target_kl_per_task", lambda v: isinstance(v, (tuple, list))
+          and all(_is_num(x) and x > 0 for x in v),
+          "a list of numbers > 0, one per task (or empty: target_kl for every task)"),
     positive("astor.kl_horizon"),
+    positive("astor.kl_error_clip"),
     nonneg("astor.utility_kl_strength"),
     one_of("astor.kl_direction", ("loosen_high_utility", "tighten_high_utility")),
     nonneg("astor.min_beta"),
@@ -176,6 +204,10 @@ def _cross_checks(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config.astor.specialist_task: {config.astor.specialist_task!r} is not one of "
         f"config.tasks {tuple(config.tasks)}; set --config.astor.specialist_task=<task>")
+  per_task = config.astor.target_kl_per_task
+  if per_task and len(per_task) != len(config.tasks):
+    raise ConfigError(f"config.astor.target_kl_per_task: {len(per_task)} values for "
+                      f"{len(config.tasks)} tasks; give one per task or leave it empty")
   if config.rl.batch_prompts % config.rl.minibatches:
     raise ConfigError("config.rl.minibatches: must divide rl.batch_prompts "
                       f"({config.rl.batch_prompts}); pick a divisor")

