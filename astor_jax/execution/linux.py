@@ -1,0 +1,140 @@
+"""The few Linux system calls the sandbox needs that `os` does not expose.
+
+Thin ctypes wrappers that raise `OSError` with the errno, so callers handle
+them like any other `os` failure. Linux only; importing on another system
+works, calling does not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h>
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_RELATIME = 0x200000
+MNT_DETACH = 0x2
+
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_SYS_PIVOT_ROOT = 155  # x86_64 and the generic table differ; see _pivot_root_nr.
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _check(result: int, what: str, *args) -> int:
+  if result == -1:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}", *[str(a) for a in args[:1]])
+  return result
+
+
+def unshare(flags: int) -> None:
+  """Moves the calling process into new namespaces (see unshare(2))."""
+  _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+  """mount(2); `data` is the file system's option string (e.g. "size=64m")."""
+  enc = lambda s: None if s is None else os.fsencode(s)
+  _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags),
+                     enc(data)), f"mount {target}", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+  _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
+
+
+def _pivot_root_nr() -> int:
+  machine = os.uname().machine
+  return {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(
+      machine, _SYS_PIVOT_ROOT)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+  _check(_libc.syscall(ctypes.c_long(_pivot_root_nr()), os.fsencode(new_root),
+                       os.fsencode(put_old)), "pivot_root")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+  return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                            ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+
+
+def sethostname(name: str) -> None:
+  raw = name.encode()
+  _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+class _CapHeader(ctypes.Structure):
+  _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+  _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+              ("inheritable", ctypes.c_uint32)]
+
+
+def last_capability() -> int:
+  try:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+      return int(f.read())
+  except OSError:
+    return 40
+
+
+def drop_all_capabilities(last_cap: int) -> None:
+  """Empties the bounding, ambient, effective, permitted and inheritable sets.
+
+  Also sets no_new_privs, so no later execve (setuid binary, file
+  capabilities) can give any of them back.
+  """
+  for cap in range(last_cap + 1):
+    try:
+      prctl(PR_CAPBSET_DROP, cap)
+    except OSError:
+      pass  # EINVAL for capabilities this kernel does not know; EPERM when already gone.
+  try:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+  except OSError:
+    pass  # kernels before 4.3 have no ambient set
+  header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+  data = (_CapData * 2)()
+  _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+  prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def effective_capabilities() -> int:
+  """The CapEff mask of the calling process, from /proc/self/status."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("CapEff:"):
+        return int(line.split()[1], 16)
+  return 0

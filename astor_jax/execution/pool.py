@@ -1,0 +1,359 @@
+"""ExecutionPool: the host-side pool that runs model-written programs for rewards.
+
+  with ExecutionPool(num_workers=4, limits=Limits(timeout_s=3)) as pool:
+    results = pool.run([Job(source=program, stdin="1 2\\n") for program in programs])
+    future = pool.submit(jobs)          # overlap with device work
+    ...
+    results = future.result()
+
+The pool starts a fork server (server.py) that forks `num_workers` workers
+(worker.py); one thread per worker here feeds it jobs from a shared queue, so
+results come back in order however long each job takes. A worker that dies
+is replaced, and the job it was running comes back as `sandbox_error`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from astor_jax.execution import isolation, protocol
+from astor_jax.execution.job import Job, Limits, Result
+
+log = logging.getLogger(__name__)
+
+# Same as config.execution.num_workers in configs/astor.py (a test keeps them equal).
+DEFAULT_NUM_WORKERS = 2
+ISOLATION_CHOICES = ("auto", isolation.NAMESPACES, isolation.RLIMITS_ONLY)
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+_BOOT = ("import sys\n"
+         "root = sys.argv[1]\n"
+         "sys.path.insert(0, root)\n"
+         "from astor_jax.execution import server\n"
+         "sys.path.remove(root)\n"
+         "server.main(int(sys.argv[2]))\n")
+
+_warned_lock = threading.Lock()
+_warned = False
+
+
+def _warn_once(reason: str) -> None:
+  """Says once per process that jobs run without namespaces, and why."""
+  global _warned
+  with _warned_lock:
+    if _warned:
+      return
+    _warned = True
+  message = ("astor_jax.execution: this host does not allow the sandbox's namespaces "
+             f"({reason}). Jobs still run with rlimits, a hard wall-clock kill of their "
+             "whole process tree, a scrubbed environment, a fresh working directory and "
+             "(when the pool runs as root) an unprivileged uid, but WITHOUT a private "
+             "/tmp, network isolation or a private process table. Pass "
+             "isolation='rlimits' to silence this, or 'namespaces' to make it an error.")
+  log.warning(message)
+  warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _job_env(extra: Mapping[str, str]) -> dict[str, str]:
+  bindir = os.path.dirname(sys.executable)
+  env = {"PATH": f"{bindir}:{DEFAULT_PATH}", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+  for key, value in extra.items():
+    if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
+      raise ValueError(f"ExecutionPool(env=...): {key!r}={value!r} is not a valid "
+                       "environment variable; use str names without '=' and str values")
+    env[key] = value
+  return env
+
+
+class _Worker:
+  """Pool-side handle of one worker process: its socket and its thread."""
+
+  def __init__(self, slot: int):
+    self.slot = slot
+    self.sock: socket.socket | None = None
+    self.pid = 0
+    self.thread: threading.Thread | None = None
+
+
+class ExecutionPool:
+  """A pool of sandboxed workers that run `Job`s and return `Result`s.
+
+  Args:
+    num_workers: jobs run at once; None means DEFAULT_NUM_WORKERS (the value
+      of config.execution.num_workers; see `from_config`).
+    limits: limits of every job that does not bring its own.
+    isolation: "auto" (namespaces when the host allows them, else rlimits
+      only, said once with a warning), "namespaces" (fail if unavailable) or
+      "rlimits" (never use namespaces).
+    preload: modules the warm interpreter imports once, so that jobs which
+      import them pay nothing (e.g. ("coverage",)).
+    read_only_paths: extra host paths that jobs may read (namespaces mode
+      shows jobs only the system directories and the interpreter's own).
+    env: extra environment variables of every job. Jobs never see the
+      parent's environment; they get PATH, LANG, PYTHONIOENCODING, HOME and
+      TMPDIR plus these.
+    uid_base: when the pool runs as root, worker slot i runs its jobs as host
+      uid `uid_base + i` (an otherwise unused uid, so that per-uid limits and
+      signals never reach other processes).
+    start_timeout_s: how long the fork server may take to come up.
+  """
+
+  def __init__(self, num_workers: int | None = None, limits: Limits | None = None, *,
+               isolation: str = "auto", preload: Sequence[str] = (),
+               read_only_paths: Sequence[str] = (), env: Mapping[str, str] | None = None,
+               uid_base: int = isolation.DEFAULT_UID_BASE, start_timeout_s: float = 120.0):
+    num_workers = DEFAULT_NUM_WORKERS if num_workers is None else num_workers
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not (
+        1 <= num_workers <= 1024):
+      raise ValueError(f"ExecutionPool(num_workers={num_workers!r}): expected an integer "
+                       "in [1, 1024] (e.g. config.execution.num_workers)")
+    if limits is None:
+      limits = Limits()
+    if not isinstance(limits, Limits):
+      raise TypeError(f"ExecutionPool(limits=...): got {type(limits).__name__}, "
+                      "expected astor_jax.execution.Limits")
+    if isolation not in ISOLATION_CHOICES:
+      raise ValueError(f"ExecutionPool(isolation={isolation!r}): expected one of "
+                       f"{', '.join(ISOLATION_CHOICES)}")
+    if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+      raise TypeError("ExecutionPool(preload=...): expected a sequence of module names")
+    if isinstance(read_only_paths, str) or not all(
+        isinstance(p, str) and os.path.isabs(p) for p in read_only_paths):
+      raise ValueError("ExecutionPool(read_only_paths=...): expected a sequence of "
+                       "absolute paths")
+    if not isinstance(uid_base, int) or not (1 <= uid_base <= 2**32 - 2 - num_workers):
+      raise ValueError(f"ExecutionPool(uid_base={uid_base!r}): expected a positive host "
+                       "uid with room for num_workers uids above it")
+    self.num_workers = num_workers
+    self.limits = limits
+    self._options = {"isolation": isolation, "preload": tuple(preload),
+                     "read_only_paths": tuple(read_only_paths), "env": _job_env(env or {}),
+                     "uid_base": uid_base}
+    self._start_timeout_s = start_timeout_s
+    self._queue: queue.Queue = queue.Queue()
+    self._control_lock = threading.Lock()
+    self._closed = False
+    self._workers = [_Worker(slot) for slot in range(num_workers)]
+    self.isolation = ""
+    self.isolation_reason = ""
+    self._server: subprocess.Popen | None = None
+    self._control: socket.socket | None = None
+    try:
+      self._start_server()
+      for w in self._workers:
+        self._spawn(w)
+        w.thread = threading.Thread(target=self._serve, args=(w,), daemon=True,
+                                    name=f"astor-exec-{w.slot}")
+        w.thread.start()
+    except BaseException:
+      self.close()
+      raise
+
+  @classmethod
+  def from_config(cls, execution_config: Any, **kwargs) -> ExecutionPool:
+    """A pool from `config.execution` (num_workers, timeout_s, memory_mb, ...).
+
+    Fields of `Limits` present in the config section are used as the pool's
+    limits; `isolation` and `preload` too when present. Keyword arguments win.
+    """
+    get = lambda name, default=None: (execution_config[name]
+                                      if name in execution_config else default)
+    fields = {f: get(f) for f in Limits.__dataclass_fields__ if get(f) is not None}
+    kwargs.setdefault("num_workers", get("num_workers"))
+    kwargs.setdefault("limits", Limits(**fields))
+    for name in ("isolation", "preload", "read_only_paths"):
+      if get(name) is not None:
+        kwargs.setdefault(name, tuple(get(name)) if name != "isolation" else get(name))
+    return cls(**kwargs)
+
+  # ------------------------------------------------------------ lifecycle
+  def _start_server(self) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+    try:
+      self._server = subprocess.Popen(
+          [sys.executable, "-I", "-c", _BOOT, package_root, str(theirs.fileno())],
+          pass_fds=[theirs.fileno()], env=env, cwd="/", stdin=subprocess.DEVNULL,
+          stdout=subprocess.DEVNULL)
+    finally:
+      theirs.close()
+    self._control = ours
+    ours.settimeout(self._start_timeout_s)
+    protocol.send_with_fds(ours, ("init", self._options), [])
+    try:
+      (_, mode, reason, _), _ = protocol.recv_with_fds(ours)
+    except (EOFError, OSError) as e:
+      raise RuntimeError(f"ExecutionPool: the fork server did not start ({e}); see its "
+                         "error output above") from e
+    if mode is None:
+      raise ValueError(f"ExecutionPool(preload=...): {reason}")
+    requested = self._options["isolation"]
+    if requested == isolation.NAMESPACES and mode != isolation.NAMESPACES:
+      raise RuntimeError("ExecutionPool(isolation='namespaces'): this host does not allow "
+                         f"them ({reason}); use isolation='auto' or 'rlimits'")
+    if requested == "auto" and mode != isolation.NAMESPACES:
+      _warn_once(reason)
+    self.isolation, self.isolation_reason = mode, reason if mode != isolation.NAMESPACES else ""
+
+  def _spawn(self, w: _Worker) -> None:
+    """Asks the fork server for a (new) worker process in slot `w.slot`."""
+    ours, theirs = socket.socketpair()
+    try:
+      with self._control_lock:
+        if self._control is None:
+          raise RuntimeError("ExecutionPool is closed")
+        protocol.send_with_fds(self._control, ("spawn", w.slot), [theirs.fileno()])
+        (_, _, pid), _ = protocol.recv_with_fds(self._control)
+    finally:
+      theirs.close()
+    hello = protocol.recv(ours)
+    if hello[0] != "ready":
+      ours.close()
+      raise RuntimeError(f"ExecutionPool: worker {w.slot} failed to start: {hello[1]}")
+    w.sock, w.pid = ours, pid
+
+  def close(self) -> None:
+    """Finishes the jobs already submitted, then stops every process. Idempotent."""
+    if self._closed:
+      return
+    self._closed = True
+    for _ in self._workers:
+      self._queue.put(None)
+    for w in self._workers:
+      if w.thread is not None and w.thread is not threading.current_thread():
+        w.thread.join()
+    for w in self._workers:
+      if w.sock is not None:
+        w.sock.close()
+    with self._control_lock:
+      if self._control is not None:
+        self._control.close()
+        self._control = None
+    if self._server is not None:
+      try:
+        self._server.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        self._server.kill()
+        self._server.wait()
+
+  def __enter__(self) -> ExecutionPool:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self):
+    try:
+      if not self._closed and self._server is not None:
+        self._server.kill()
+    except Exception:  # noqa: BLE001 - interpreter shutdown
+      pass
+
+  # ------------------------------------------------------------ jobs
+  def _serve(self, w: _Worker) -> None:
+    """Thread body: feeds worker `w` jobs from the shared queue."""
+    while True:
+      item = self._queue.get()
+      if item is None:
+        return
+      job, limits, done = item
+      result = self._run_on(w, job, limits)
+      done(result)
+
+  def _run_on(self, w: _Worker, job: Job, limits: Limits) -> Result:
+    for _attempt in range(2):
+      if w.sock is None:
+        try:
+          self._spawn(w)
+        except Exception as e:  # noqa: BLE001
+          return Result("sandbox_error", None, detail=f"could not start a worker: {e}")
+      try:
+        protocol.send(w.sock, ("job", 0, job, limits))
+      except OSError:
+        self._drop(w)  # died while idle: the job never started, so retry it once
+        continue
+      try:
+        return protocol.recv(w.sock)[2]
+      except (EOFError, OSError) as e:
+        self._drop(w)
+        return Result("sandbox_error", None,
+                      detail=f"the worker running this job died ({e}); it was replaced")
+    return Result("sandbox_error", None, detail="no worker could take the job")
+
+  def _drop(self, w: _Worker) -> None:
+    if w.sock is not None:
+      w.sock.close()
+    w.sock, w.pid = None, 0
+
+  def worker_pids(self) -> list[int]:
+    """Host pids of the live worker processes (for monitoring and tests)."""
+    return [w.pid for w in self._workers if w.pid]
+
+  @property
+  def server_pid(self) -> int:
+    return self._server.pid if self._server is not None else 0
+
+  def _check(self, jobs: Sequence[Job]) -> list[tuple[Job, Limits]]:
+    if self._closed:
+      raise RuntimeError("ExecutionPool is closed; create a new one (use it as a "
+                         "context manager to keep its lifetime clear)")
+    if isinstance(jobs, Job):
+      raise TypeError("ExecutionPool.run/submit take a sequence of Job; wrap one job "
+                      "in a list: pool.run([job])")
+    checked = []
+    for i, job in enumerate(jobs):
+      if not isinstance(job, Job):
+        raise TypeError(f"jobs[{i}]: got {type(job).__name__}, expected "
+                        "astor_jax.execution.Job")
+      limits = job.limits or self.limits
+      if job.input_bytes() > limits.max_disk_mb << 20:
+        raise ValueError(f"jobs[{i}]: stdin plus files are {job.input_bytes()} bytes, more "
+                         f"than its max_disk_mb={limits.max_disk_mb} MB; shrink the input "
+                         "or raise Limits.max_disk_mb")
+      checked.append((job, limits))
+    return checked
+
+  def submit(self, jobs: Sequence[Job]) -> concurrent.futures.Future:
+    """Queues `jobs`; returns a Future of their Results, in the same order.
+
+    Raises TypeError/ValueError at once, before anything runs, if a job is
+    malformed; a program's own failure is a Result, never an exception.
+    """
+    checked = self._check(list(jobs))
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    results: list[Result | None] = [None] * len(checked)
+    remaining = [len(checked)]
+    lock = threading.Lock()
+    if not checked:
+      future.set_result([])
+      return future
+
+    def done_at(i: int):
+      def done(result: Result) -> None:
+        with lock:
+          results[i] = result
+          remaining[0] -= 1
+          finished = remaining[0] == 0
+        if finished:
+          future.set_result(list(results))
+      return done
+
+    for i, (job, limits) in enumerate(checked):
+      self._queue.put((job, limits, done_at(i)))
+    return future
+
+  def run(self, jobs: Sequence[Job]) -> list[Result]:
+    """Runs `jobs` and returns their Results in order (blocking)."""
+    return self.submit(jobs).result()

@@ -1,0 +1,114 @@
+"""The fork server: a warm interpreter that forks the pool's workers.
+
+The pool starts it as a fresh `python -I` with a scrubbed environment, so it
+holds nothing of the parent (no environment, no JAX threads, no model in
+memory). It imports the sandbox code and the `preload` modules once, checks
+whether this host allows namespaces by running one real job, then forks a
+worker whenever the pool asks (at start, and to replace a dead one). Workers
+inherit the warm interpreter, and each job is forked from its worker, so a job
+costs a few forks instead of an interpreter start.
+
+Protocol on the control socket (SOCK_SEQPACKET, see protocol.py):
+  pool -> server  ("init", options)               once
+  server -> pool  ("hello", mode, reason, pid)    mode None: options rejected
+  pool -> server  ("spawn", slot) + [socket fd]   any number of times
+  server -> pool  ("spawned", slot, pid)
+The server exits when the pool closes the socket; its workers die with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from astor_jax.execution import isolation, protocol, worker
+from astor_jax.execution.job import Job, Limits
+
+PROBE_TIMEOUT_S = 60.0
+
+
+def _fork_worker(slot: int, fd: int, spec: isolation.SandboxSpec,
+                 control: socket.socket) -> int:
+  pid = os.fork()
+  if pid == 0:
+    try:
+      control.close()
+      worker.main(slot, socket.socket(fileno=fd), spec)
+    finally:
+      os._exit(1)
+  os.close(fd)
+  return pid
+
+
+def probe(spec: isolation.SandboxSpec, control: socket.socket) -> str:
+  """Runs one job under `spec`; returns "" if it works, else why not."""
+  ours, theirs = socket.socketpair()
+  pid = _fork_worker(0, os.dup(theirs.fileno()), spec, control)
+  theirs.close()
+  ours.settimeout(PROBE_TIMEOUT_S)
+  try:
+    hello = protocol.recv(ours)
+    if hello[0] != "ready":
+      return hello[1]
+    job = Job(source="import os\nprint(os.getuid(), sorted(os.listdir('/proc'))[:1])\n")
+    protocol.send(ours, ("job", 0, job, Limits(timeout_s=PROBE_TIMEOUT_S / 2)))
+    _, _, result = protocol.recv(ours)
+    if result.status != "ok":
+      return f"a test job ended with {result.status}: {result.detail or result.stderr[-800:]}"
+    if not result.stdout.startswith(f"{isolation.JOB_UID} "):
+      return f"a test job did not run as uid {isolation.JOB_UID}: {result.stdout!r}"
+    return ""
+  except (EOFError, OSError) as e:
+    return f"the test worker failed: {e}"
+  finally:
+    ours.close()
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    os.waitpid(pid, 0)
+
+
+def main(control_fd: int) -> None:
+  control = socket.socket(fileno=control_fd)
+  (_, options), _ = protocol.recv_with_fds(control)
+  for name in options["preload"]:
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 - reported to the pool as a user error
+      protocol.send_with_fds(control, ("hello", None, f"cannot import {name!r}: {e}", 0), [])
+      return
+  spec = isolation.SandboxSpec(isolation.NAMESPACES, tuple(options["read_only_paths"]),
+                               dict(options["env"]), options["uid_base"])
+  reason = "isolation='rlimits' was requested"
+  if options["isolation"] in ("auto", isolation.NAMESPACES):
+    reason = probe(spec, control)
+  mode = isolation.NAMESPACES if not reason else isolation.RLIMITS_ONLY
+  if mode != spec.isolation:
+    spec = isolation.SandboxSpec(mode, spec.read_only_paths, spec.env, spec.uid_base)
+  protocol.send_with_fds(control, ("hello", mode, reason, os.getpid()), [])
+  signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+  while True:
+    try:
+      message, fds = protocol.recv_with_fds(control)
+    except (EOFError, OSError):
+      break
+    if message[0] == "spawn" and len(fds) == 1:
+      pid = _fork_worker(message[1], fds[0], spec, control)
+      protocol.send_with_fds(control, ("spawned", message[1], pid), [])
+    else:
+      for fd in fds:
+        os.close(fd)
+      break
+
+
+if __name__ == "__main__":
+  try:
+    main(int(sys.argv[1]))
+  except BaseException:  # noqa: BLE001
+    traceback.print_exc()
+  os._exit(0)
