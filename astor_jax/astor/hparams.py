@@ -10,7 +10,6 @@ instead, so changing them never recompiles.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import ml_collections
 
@@ -84,6 +83,8 @@ class RLHParams:
     entropy_coef: weight of the entropy bonus (0: off).
     kl_estimator: name in `calibrate.KL_ESTIMATORS`.
     minibatches: optimizer steps per rollout batch.
+    microbatches: gradient-accumulation chunks per minibatch (same update, less
+      activation memory).
     max_new_tokens: the generation budget; Dr.GRPO's constant length normalizer.
   """
 
@@ -93,6 +94,7 @@ class RLHParams:
   entropy_coef: float = 0.0
   kl_estimator: str = "k3"
   minibatches: int = 1
+  microbatches: int = 1
   max_new_tokens: int = 96
 
 
@@ -146,12 +148,7 @@ def rl_hparams(config: ml_collections.ConfigDict) -> RLHParams:
       entropy_coef=float(r.entropy_coef),
       kl_estimator=r.kl_estimator,
       minibatches=int(r.minibatches),
+      microbatches=int(r.get("microbatches", 1)),
       max_new_tokens=int(config.sampler.max_new_tokens),
   )
 
-
-def task_index(tasks: Sequence[str], name: str) -> int:
-  """Index of task `name` in `tasks`; ValueError naming `config.tasks` otherwise."""
-  if name not in tasks:
-    raise ValueError(f"task {name!r} is not in config.tasks {tuple(tasks)}")
-  return tuple(tasks).index(name)

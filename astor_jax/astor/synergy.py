@@ -73,29 +73,54 @@ def count_sketch(tree: Any, key: chex.PRNGKey, dim: int) -> chex.Array:
   return out
 
 
-def task_gradient_gram(task_grad_fn: Callable[[chex.Array], Any], num_tasks: int,
-                       sketch_dim: int = 0, key: chex.PRNGKey | None = None) -> chex.Array:
-  """Gram matrix G_ij = <g_i, g_j> of per-task gradients.
+def task_features(task_grad_fn: Callable[[chex.Array], Any], num_tasks: int,
+                  sketch_dim: int = 0, key: chex.PRNGKey | None = None) -> Any:
+  """What the Gram matrix is computed from: K gradients, or K sketches of them.
+
+  Both are linear in the gradients, so features of gradient-accumulation
+  chunks add up to the features of the whole batch.
 
   Args:
     task_grad_fn: k (int32 scalar) -> gradient pytree of task k.
     num_tasks: K.
-    sketch_dim: 0 for exact inner products (stacks K gradients), else d > 0 to
-      compare count sketches of dimension d (one gradient alive at a time).
+    sketch_dim: 0 for the gradients themselves (a pytree with a leading K axis:
+      K x params memory), else d > 0 for count sketches, [K, d] (one full
+      gradient alive at a time).
     key: PRNG key for the sketch (required when sketch_dim > 0).
 
   Returns:
-    [K, K] float32, symmetric.
+    A pytree whose leaves have a leading axis of size K.
   """
   tasks = jnp.arange(num_tasks, dtype=jnp.int32)
   if sketch_dim > 0:
     if key is None:
-      raise ValueError("task_gradient_gram: a sketch needs a PRNG key")
-    sketches = lax.map(lambda k: count_sketch(task_grad_fn(k), key, sketch_dim), tasks)
-    return sketches @ sketches.T
-  grads = lax.map(task_grad_fn, tasks)
-  flat = [g.reshape(num_tasks, -1).astype(jnp.float32) for g in jax.tree.leaves(grads)]
+      raise ValueError("task_features: a sketch needs a PRNG key")
+    return lax.map(lambda k: count_sketch(task_grad_fn(k), key, sketch_dim), tasks)
+  return lax.map(task_grad_fn, tasks)
+
+
+def features_gram(features: Any) -> chex.Array:
+  """G_ij = sum over leaves of <f_i, f_j>; features as returned by `task_features`.
+
+  Returns:
+    [K, K] float32, symmetric.
+  """
+  leaves = jax.tree.leaves(features)
+  num_tasks = leaves[0].shape[0]
+  flat = [f.reshape(num_tasks, -1).astype(jnp.float32) for f in leaves]
   return sum((f @ f.T for f in flat), jnp.zeros((num_tasks, num_tasks), jnp.float32))
+
+
+def task_gradient_gram(task_grad_fn: Callable[[chex.Array], Any], num_tasks: int,
+                       sketch_dim: int = 0, key: chex.PRNGKey | None = None) -> chex.Array:
+  """Gram matrix G_ij = <g_i, g_j> of per-task gradients (exact, or of their sketches).
+
+  Args as `task_features`.
+
+  Returns:
+    [K, K] float32, symmetric.
+  """
+  return features_gram(task_features(task_grad_fn, num_tasks, sketch_dim, key))
 
 
 def cosines(gram: chex.Array) -> tuple[chex.Array, chex.Array]:

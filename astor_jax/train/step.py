@@ -10,15 +10,21 @@ One function, compiled once per batch shape, over `Mesh(("data", "fsdp",
      per prompt) inside `shard_map` over the batch axes: each device sums its
      rows per group / task / prompt and a `psum` adds the partial sums, so 8
      devices give the single-device result;
-  2. splits the rows into `rl.minibatches` minibatches (each takes an equal
-     share of every device's rows, so no rows move) and, for each, runs the
-     model forward once (`jax.vjp`), differentiates the aggregated loss with
-     per-row beta[task_id] with respect to the log-probs, pulls that back
-     through the model, and applies one optimizer update;
+  2. splits the rows into `rl.minibatches` strided minibatches (row i goes to
+     minibatch i mod m: the same split on any number of devices, and no rows
+     move) and, for each, runs the model forward once (`jax.vjp`),
+     differentiates the aggregated loss with per-row beta[task_id] with
+     respect to the log-probs, pulls that back through the model, and applies
+     one optimizer update; with `rl.microbatches = u` each minibatch is
+     processed in u strided chunks whose gradients are summed (in float32)
+     before the update, which equals the whole-minibatch update because the
+     loss weights are normalized over the whole minibatch;
   3. every `astor.synergy_interval` steps (at the first minibatch, i.e. at the
      parameters that generated the rollouts) pulls K task-masked policy
      cotangents back through the same forward pass to get the per-task
-     gradients' Gram matrix; `lax.cond` skips this work on other steps;
+     gradients' Gram matrix (summing the gradients', or their sketches',
+     contributions over microbatches); `lax.cond` skips this work on other
+     steps;
   4. folds the statistics into the UtilityState (utility, priorities, per-task
      KL calibration) and returns per-task metrics.
 
@@ -116,14 +122,33 @@ def _per_task_sums(kl, clipped, entropy, mismatch, completion_mask, row_mask, ta
           "mismatch": by_task(mismatch)}
 
 
-def _split_minibatches(x: jax.Array, num_devices: int, num_minibatches: int, mesh: Mesh):
-  """[N, ...] -> [m, N / m, ...], minibatch j taking rows j*r:(j+1)*r of every device shard."""
+def _split_rows(x: jax.Array, parts: int, mesh: Mesh) -> jax.Array:
+  """[n, ...] -> [parts, n / parts, ...]: part j holds rows j, j + parts, j + 2 parts, ...
+
+  The split does not depend on the number of devices (so 8 devices compute
+  the same minibatches as one), and when every device's block of rows is a
+  multiple of `parts` each part takes an equal share of every block: no rows
+  move between devices.
+  """
   n = x.shape[0]
-  rows = n // (num_devices * num_minibatches)
-  y = x.reshape((num_devices, num_minibatches, rows) + x.shape[1:]).swapaxes(0, 1)
-  y = y.reshape((num_minibatches, num_devices * rows) + x.shape[1:])
+  y = x.reshape((n // parts, parts) + x.shape[1:]).swapaxes(0, 1)
   spec = P(None, BATCH_AXES, *([None] * (x.ndim - 1)))
   return lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+
+def _zero_features(params: Any, num_tasks: int, sketch_dim: int) -> Any:
+  """Zeros shaped like `synergy.task_features` output: [K, d] sketches or K gradients."""
+  if sketch_dim > 0:
+    return jnp.zeros((num_tasks, sketch_dim), jnp.float32)
+  return jax.tree.map(lambda p: jnp.zeros((num_tasks,) + p.shape, p.dtype), params)
+
+
+def _scan_or_call(body: Callable, init: Any, xs: Any, length: int):
+  """`lax.scan(body, init, xs)`; a single part is called directly (no loop in the program)."""
+  if length == 1:
+    carry, out = body(init, jax.tree.map(lambda x: x[0], xs))
+    return carry, jax.tree.map(lambda x: x[None], out)
+  return lax.scan(body, init, xs)
 
 
 def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformation,
@@ -148,7 +173,9 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
   aggregation = losses.get_aggregation(rl_hp.loss_aggregation)
   kl_estimator = calibrate.get_kl_estimator(rl_hp.kl_estimator)
   num_devices = _batch_axis_size(mesh)
+  num_minibatches, num_microbatches = rl_hp.minibatches, rl_hp.microbatches
   shard_map = functools.partial(jax.shard_map, mesh=mesh)
+  split = functools.partial(_split_rows, mesh=mesh)
 
   weights_fn = shard_map(
       functools.partial(aggregation, max_new_tokens=rl_hp.max_new_tokens, axis_name=BATCH_AXES),
@@ -159,13 +186,50 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
       functools.partial(_per_task_sums, num_tasks=num_tasks),
       in_specs=(TOKENS,) * 5 + (ROWS, ROWS), out_specs=REPLICATED)
 
+  def microbatch_grads(params, mb, weights, sketch_key):
+    """Loss terms, gradients, per-task sums and (if asked) synergy features of one chunk."""
+    (logp, ent), pullback = jax.vjp(
+        lambda p: logprob_fn(p, mb["tokens"], mb["positions"], mb["input_mask"]), params)
+
+    def objective(logp, ent):
+      parts = losses.token_losses(logp, ent, mb["old"], mb["ref"], mb["adv"], rl_hp.clip_eps,
+                                  kl_estimator)
+      policy = loss_sum_fn(weights * parts.policy)
+      kl_penalty = loss_sum_fn(weights * mb["beta"][:, None] * parts.kl)
+      entropy_bonus = rl_hp.entropy_coef * loss_sum_fn(weights * parts.entropy)
+      terms = dict(loss=policy + kl_penalty - entropy_bonus, policy_loss=policy,
+                   kl_penalty=kl_penalty, entropy_bonus=entropy_bonus)
+      return terms["loss"], (terms, parts.clipped)
+
+    (_, (terms, clipped)), (d_logp, d_ent) = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True)(logp, ent)
+    (grads,) = pullback((d_logp, d_ent))
+
+    def features():
+      d_policy = jax.grad(lambda lp: loss_sum_fn(weights * losses.clipped_surrogate(
+          lp, mb["old"], mb["adv"], rl_hp.clip_eps)[0]))(logp)
+      no_entropy = jnp.zeros_like(ent)
+
+      def task_grad(k):
+        rows = (mb["task_ids"] == k).astype(d_policy.dtype)[:, None]
+        return pullback((d_policy * rows, no_entropy))[0]
+
+      return synergy.task_features(task_grad, num_tasks, astor_hp.synergy_sketch_dim,
+                                   sketch_key)
+
+    sums = task_sums_fn(calibrate.kl_k3(lax.stop_gradient(logp), mb["ref"]), clipped,
+                        lax.stop_gradient(ent), jnp.abs(mb["sampler"] - mb["old"]),
+                        mb["completion_mask"], mb["row_mask"], mb["task_ids"])
+    return terms, grads, sums, features
+
   def step(train_state: TrainState, utility_state: utility.UtilityState, batch: Batch):
     num_rows, _ = batch.tokens.shape
-    m = rl_hp.minibatches
-    if num_rows % (num_devices * m):
-      raise ValueError(f"Batch: {num_rows} rows do not split into rl.minibatches={m} equal "
-                       f"parts on each of the {num_devices} devices of the batch axes; pad "
-                       f"the batch to a multiple of {num_devices * m} rows")
+    parts = num_devices * num_minibatches * num_microbatches
+    if num_rows % parts:
+      raise ValueError(
+          f"Batch: {num_rows} rows do not split into rl.minibatches={num_minibatches} x "
+          f"rl.microbatches={num_microbatches} equal parts on each of the {num_devices} "
+          f"devices of the batch axes; pad the batch to a multiple of {parts} rows")
     max_prompts = utility_state.prompts.valid.shape[1]
     row_stats_fn = shard_map(
         functools.partial(_row_statistics, estimator=estimator, num_groups=num_rows,
@@ -176,63 +240,54 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
     rng, sketch_key = jax.random.split(train_state.rng)
     synergy_now = utility_state.step % astor_hp.synergy_interval == 0
-    beta_rows = utility_state.kl.beta[batch.task_ids]
-    split = functools.partial(_split_minibatches, num_devices=num_devices,
-                              num_minibatches=m, mesh=mesh)
-    minibatches = jax.tree.map(split, dict(
+    rows = dict(
         tokens=batch.tokens, positions=batch.positions, input_mask=batch.input_mask,
         completion_mask=batch.completion_mask, task_ids=batch.task_ids,
         row_mask=batch.row_mask, old=batch.old_logprobs, ref=batch.ref_logprobs,
-        sampler=batch.sampler_logprobs, adv=adv, beta=beta_rows))
+        sampler=batch.sampler_logprobs, adv=adv, beta=utility_state.kl.beta[batch.task_ids])
+    minibatches = jax.tree.map(lambda x: split(x, parts=num_minibatches), rows)
 
     def minibatch_update(carry, xs):
       params, opt_state = carry
       if params_sharding is not None:
         params = lax.with_sharding_constraint(params, params_sharding)
       mb, index = xs
-      (logp, ent), pullback = jax.vjp(
-          lambda p: logprob_fn(p, mb["tokens"], mb["positions"], mb["input_mask"]), params)
+      with_synergy = synergy_now & (index == 0)
       weights = weights_fn(mb["completion_mask"], mb["row_mask"])
+      if num_microbatches == 1:
+        terms, grads, sums, features = microbatch_grads(params, mb, weights, sketch_key)
+        grad_gram = lax.cond(with_synergy, lambda: synergy.features_gram(features()),
+                             lambda: jnp.zeros((num_tasks, num_tasks), jnp.float32))
+      else:
+        chunks = jax.tree.map(lambda x: split(x, parts=num_microbatches),
+                              dict(mb, weights=weights))
+        # Accumulate in float32 whatever the parameter dtype.
+        init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+                _zero_features(params, num_tasks, astor_hp.synergy_sketch_dim))
 
-      def objective(logp, ent):
-        parts = losses.token_losses(logp, ent, mb["old"], mb["ref"], mb["adv"],
-                                    rl_hp.clip_eps, kl_estimator)
-        policy = loss_sum_fn(weights * parts.policy)
-        kl_penalty = loss_sum_fn(weights * mb["beta"][:, None] * parts.kl)
-        entropy_bonus = rl_hp.entropy_coef * loss_sum_fn(weights * parts.entropy)
-        return policy + kl_penalty - entropy_bonus, (policy, kl_penalty, entropy_bonus, parts)
+        def accumulate(acc, chunk):
+          grads_acc, features_acc = acc
+          terms, grads, sums, features = microbatch_grads(params, chunk, chunk["weights"],
+                                                          sketch_key)
+          features_acc = lax.cond(
+              with_synergy, lambda f: jax.tree.map(jnp.add, f, features()), lambda f: f,
+              features_acc)
+          grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+          return (grads_acc, features_acc), (terms, sums)
 
-      (loss, (policy, kl_penalty, entropy_bonus, parts)), (d_logp, d_ent) = jax.value_and_grad(
-          objective, argnums=(0, 1), has_aux=True)(logp, ent)
-      (grads,) = pullback((d_logp, d_ent))
-
-      def gram():
-        d_policy = jax.grad(lambda lp: loss_sum_fn(weights * losses.clipped_surrogate(
-            lp, mb["old"], mb["adv"], rl_hp.clip_eps)[0]))(logp)
-        zeros = jnp.zeros_like(ent)
-
-        def task_grad(k):
-          rows = (mb["task_ids"] == k).astype(d_policy.dtype)[:, None]
-          return pullback((d_policy * rows, zeros))[0]
-
-        return synergy.task_gradient_gram(task_grad, num_tasks, astor_hp.synergy_sketch_dim,
-                                          sketch_key)
-
-      grad_gram = lax.cond(synergy_now & (index == 0), gram,
-                           lambda: jnp.zeros((num_tasks, num_tasks), jnp.float32))
-      sums = task_sums_fn(calibrate.kl_k3(lax.stop_gradient(logp), mb["ref"]), parts.clipped,
-                          lax.stop_gradient(ent), jnp.abs(mb["sampler"] - mb["old"]),
-                          mb["completion_mask"], mb["row_mask"], mb["task_ids"])
+        (grads, features_sum), (terms, sums) = lax.scan(accumulate, init, chunks)
+        terms = jax.tree.map(lambda x: x.sum(axis=0), terms)
+        sums = jax.tree.map(lambda x: x.sum(axis=0), sums)
+        grad_gram = synergy.features_gram(features_sum)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      out = dict(loss=loss, policy_loss=policy, kl_penalty=kl_penalty,
-                 entropy_bonus=entropy_bonus, grad_norm=optax.global_norm(grads),
-                 grad_gram=grad_gram, **{"sum_" + k: v for k, v in sums.items()})
+      out = dict(terms, grad_norm=optax.global_norm(grads), grad_gram=grad_gram,
+                 **{"sum_" + k: v for k, v in sums.items()})
       return (params, opt_state), out
 
-    (params, opt_state), per_mb = lax.scan(
+    (params, opt_state), per_mb = _scan_or_call(
         minibatch_update, (train_state.params, train_state.opt_state),
-        (minibatches, jnp.arange(m, dtype=jnp.int32)))
+        (minibatches, jnp.arange(num_minibatches, dtype=jnp.int32)), num_minibatches)
     sums = {k: per_mb["sum_" + k].sum(axis=0) for k in PER_TASK_SUMS}
 
     stats = utility.BatchStats(rewards=reward_stats, kl_sum=sums["kl"], kl_tokens=sums["tokens"],
