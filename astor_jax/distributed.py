@@ -39,6 +39,9 @@ After start-up:
   there, so no rollout text crosses hosts.
 - `process_slice(n)`: a contiguous per-process share of `n` items, for work
   that has no sharding of its own (evaluation examples, file shards).
+- `any_process(flag)`: true on every process when it is true on one. A
+  SIGTERM reaches one host of a pod first; the loop must stop (and save) at
+  the same step on all hosts, or the others wait forever in a collective.
 """
 
 from __future__ import annotations
@@ -337,3 +340,17 @@ def process_rows(sharding, shape: Sequence[int]) -> np.ndarray:
   for index in sharding.addressable_devices_indices_map(tuple(shape)).values():
     rows.update(range(*index[0].indices(n)) if index else range(n))
   return np.array(sorted(rows), dtype=np.int64)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any; every process must call it.
+
+  Used for decisions that must be the same everywhere (stop and checkpoint
+  after a SIGTERM, skip a step). One tiny all-gather; free in one process.
+  """
+  if process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  flags = multihost_utils.process_allgather(np.asarray([bool(flag)], dtype=np.int32))
+  return bool(np.any(flags))

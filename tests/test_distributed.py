@@ -91,6 +91,10 @@ def test_process_slices_tile_the_items(n, count):
   assert max(sizes) - min(sizes) <= 1
 
 
+def test_any_process_in_one_process_is_the_flag():
+  assert distributed.any_process(True) and not distributed.any_process(False)
+
+
 def test_process_rows_single_process_sees_every_row():
   devices = np.array(jax.devices()[:8]).reshape(4, 2, 1)
   mesh = Mesh(devices, ("data", "fsdp", "tensor"))
@@ -117,6 +121,9 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
   print("process", jax.process_index(), "of", jax.process_count(), launch.kind,
         "rows", rows.tolist(), flush=True)
   distributed.main_print("GLOBAL", np.asarray(full.addressable_data(0)).tolist(), flush=True)
+  # A stop request seen by process 1 only is agreed on by both.
+  print("stop", distributed.any_process(jax.process_index() == 1),
+        distributed.any_process(False), flush=True)
 """)
 
 
@@ -152,3 +159,4 @@ def test_two_processes_on_localhost(tmp_path):
   expected = f"GLOBAL {[float(10 * i) for i in range(8)]}"
   assert expected in outs[0]
   assert "GLOBAL" not in outs[1]  # only process 0 prints
+  assert all("stop True False" in out for out in outs)
