@@ -71,7 +71,9 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _report_uncaught(exc: BaseException) -> None:
+  # Drop this file's frame: the traceback starts in the program, as with `python`.
   tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+  exc.__traceback__ = tb
   try:
     sys.excepthook(type(exc), exc, tb)
   except Exception:  # noqa: BLE001 - a broken excepthook must not hide the error
