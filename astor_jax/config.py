@@ -130,6 +130,9 @@ CHECKS: tuple[Check, ...] = (
     positive_int("execution.num_workers"),
     positive("execution.timeout_s"),
     positive_int("execution.memory_mb"),
+    one_of("execution.isolation", ("auto", "namespaces", "rlimits")),
+    Check("execution.preload", lambda v: isinstance(v, (tuple, list))
+          and all(isinstance(m, str) and m for m in v), "a list of module names"),
     positive_int("rl.steps"),
     positive_int("rl.batch_prompts"),
     Check("rl.group_size", lambda v: _is_int(v) and v >= 2,

@@ -82,6 +82,11 @@ def get_config(arg=None):
   c.execution.num_workers = 2
   c.execution.timeout_s = 3.0
   c.execution.memory_mb = 512
+  # auto: namespaces when the host allows them, else rlimits only (warned once);
+  # namespaces: fail without them; rlimits: never use them.
+  c.execution.isolation = "auto"
+  # Imported once by the warm interpreter, so jobs that import them pay nothing.
+  c.execution.preload = ("coverage",)
 
   # ---------------------------------------------------------------- RL (GRPO)
   c.rl = ml_collections.ConfigDict()

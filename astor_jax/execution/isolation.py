@@ -61,12 +61,16 @@ class SandboxSpec:
     read_only_paths: extra host paths jobs may read (namespaces mode).
     env: the jobs' environment, exactly.
     uid_base: host uid of worker slot 0 when the pool runs as root.
+    drop_uid: rlimits mode as root: run jobs as `uid_base + slot` (False
+      only when that uid cannot read the interpreter; jobs then run as root
+      without capabilities, which the pool's warning spells out).
   """
 
   isolation: str
   read_only_paths: tuple[str, ...] = ()
   env: Mapping[str, str] = dataclasses.field(default_factory=dict)
   uid_base: int = DEFAULT_UID_BASE
+  drop_uid: bool = True
 
 
 def interpreter_paths() -> list[str]:

@@ -54,7 +54,7 @@ def _warn_once(reason: str) -> None:
     if _warned:
       return
     _warned = True
-  message = ("astor_jax.execution: this host does not allow the sandbox's namespaces "
+  message = ("astor_jax.execution: jobs run without the sandbox's namespaces "
              f"({reason}). Jobs still run with rlimits, a hard wall-clock kill of their "
              "whole process tree, a scrubbed environment, a fresh working directory and "
              "(when the pool runs as root) an unprivileged uid, but WITHOUT a private "
@@ -192,7 +192,7 @@ class ExecutionPool:
     ours.settimeout(self._start_timeout_s)
     protocol.send_with_fds(ours, ("init", self._options), [])
     try:
-      (_, mode, reason, _), _ = protocol.recv_with_fds(ours)
+      (_, mode, reason, as_root), _ = protocol.recv_with_fds(ours)
     except (EOFError, OSError) as e:
       raise RuntimeError(f"ExecutionPool: the fork server did not start ({e}); see its "
                          "error output above") from e
@@ -202,7 +202,7 @@ class ExecutionPool:
     if requested == isolation.NAMESPACES and mode != isolation.NAMESPACES:
       raise RuntimeError("ExecutionPool(isolation='namespaces'): this host does not allow "
                          f"them ({reason}); use isolation='auto' or 'rlimits'")
-    if requested == "auto" and mode != isolation.NAMESPACES:
+    if mode != isolation.NAMESPACES and (requested == "auto" or as_root):
       _warn_once(reason)
     self.isolation, self.isolation_reason = mode, reason if mode != isolation.NAMESPACES else ""
 

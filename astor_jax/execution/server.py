@@ -10,7 +10,8 @@ costs a few forks instead of an interpreter start.
 
 Protocol on the control socket (SOCK_SEQPACKET, see protocol.py):
   pool -> server  ("init", options)               once
-  server -> pool  ("hello", mode, reason, pid)    mode None: options rejected
+  server -> pool  ("hello", mode, reason, weak)   mode None: options rejected;
+                                                  weak: jobs run as capless root
   pool -> server  ("spawn", slot) + [socket fd]   any number of times
   server -> pool  ("spawned", slot, pid)
 The server exits when the pool closes the socket; its workers die with it.
@@ -18,6 +19,7 @@ The server exits when the pool closes the socket; its workers die with it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import signal
@@ -73,6 +75,40 @@ def probe(spec: isolation.SandboxSpec, control: socket.socket) -> str:
     os.waitpid(pid, 0)
 
 
+_READABLE_PROBE = """
+import os, sys
+for path in sys.path[1:]:
+  try:
+    os.listdir(path)
+  except FileNotFoundError:
+    pass
+  except PermissionError:
+    print(path)
+"""
+
+
+def unreadable_paths(spec: isolation.SandboxSpec, control: socket.socket) -> list[str]:
+  """Interpreter paths that a job of `spec` cannot read (rlimits mode as root)."""
+  ours, theirs = socket.socketpair()
+  pid = _fork_worker(0, os.dup(theirs.fileno()), spec, control)
+  theirs.close()
+  ours.settimeout(PROBE_TIMEOUT_S)
+  try:
+    if protocol.recv(ours)[0] != "ready":
+      return []
+    protocol.send(ours, ("job", 0, Job(source=_READABLE_PROBE), Limits()))
+    return protocol.recv(ours)[2].stdout.split()
+  except (EOFError, OSError):
+    return []
+  finally:
+    ours.close()
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    os.waitpid(pid, 0)
+
+
 def main(control_fd: int) -> None:
   control = socket.socket(fileno=control_fd)
   (_, options), _ = protocol.recv_with_fds(control)
@@ -89,8 +125,15 @@ def main(control_fd: int) -> None:
     reason = probe(spec, control)
   mode = isolation.NAMESPACES if not reason else isolation.RLIMITS_ONLY
   if mode != spec.isolation:
-    spec = isolation.SandboxSpec(mode, spec.read_only_paths, spec.env, spec.uid_base)
-  protocol.send_with_fds(control, ("hello", mode, reason, os.getpid()), [])
+    spec = dataclasses.replace(spec, isolation=mode)
+    if os.geteuid() == 0:
+      unreadable = unreadable_paths(spec, control)
+      if unreadable:
+        spec = dataclasses.replace(spec, drop_uid=False)
+        reason += (f"; moreover host uid {spec.uid_base}+ cannot read {unreadable[0]}, so "
+                   "jobs run as root without capabilities (they can write files that root "
+                   "owns wherever the file mode lets the owner write)")
+  protocol.send_with_fds(control, ("hello", mode, reason, not spec.drop_uid), [])
   signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
   while True:
     try:

@@ -185,7 +185,8 @@ class Worker:
     self.spec = spec
     self.namespaces = spec.isolation == isolation.NAMESPACES
     self.last_cap = linux.last_capability()
-    self.host_uid = spec.uid_base + slot if os.geteuid() == 0 else None
+    self.host_uid = (spec.uid_base + slot if os.geteuid() == 0 and spec.drop_uid
+                     and not self.namespaces else None)
     self.scratch = None
 
   def setup(self) -> None:
