@@ -49,7 +49,14 @@ JOB_DIR_NS = "/tmp/job"  # working directory when namespaces are on
 HOSTNAME = "sandbox"
 # Host uids of the workers when the pool runs as root: base + slot. Far above
 # any account a distribution creates, below the 2**31 that some tools choke on.
-DEFAULT_UID_BASE = 1_500_000_000
+UID_RANGE_START = 1_500_000_000
+MAX_WORKERS = 1024
+
+
+def default_uid_base() -> int:
+  """A uid block of MAX_WORKERS uids picked by our pid, so that pools running at
+  once (e.g. test processes) rarely share uids."""
+  return UID_RANGE_START + (os.getpid() % 500_000) * MAX_WORKERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +76,7 @@ class SandboxSpec:
   isolation: str
   read_only_paths: tuple[str, ...] = ()
   env: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  uid_base: int = DEFAULT_UID_BASE
+  uid_base: int = UID_RANGE_START
   drop_uid: bool = True
 
 

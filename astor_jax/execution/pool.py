@@ -26,14 +26,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from astor_jax.execution import isolation, protocol
+from astor_jax.execution import isolation as sandbox
+from astor_jax.execution import protocol
 from astor_jax.execution.job import Job, Limits, Result
 
 log = logging.getLogger(__name__)
 
 # Same as config.execution.num_workers in configs/astor.py (a test keeps them equal).
 DEFAULT_NUM_WORKERS = 2
-ISOLATION_CHOICES = ("auto", isolation.NAMESPACES, isolation.RLIMITS_ONLY)
+ISOLATION_CHOICES = ("auto", sandbox.NAMESPACES, sandbox.RLIMITS_ONLY)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _BOOT = ("import sys\n"
@@ -104,19 +105,20 @@ class ExecutionPool:
       TMPDIR plus these.
     uid_base: when the pool runs as root, worker slot i runs its jobs as host
       uid `uid_base + i` (an otherwise unused uid, so that per-uid limits and
-      signals never reach other processes).
+      signals never reach other processes); None picks a block from
+      1_500_000_000 up by the parent's pid.
     start_timeout_s: how long the fork server may take to come up.
   """
 
   def __init__(self, num_workers: int | None = None, limits: Limits | None = None, *,
                isolation: str = "auto", preload: Sequence[str] = (),
                read_only_paths: Sequence[str] = (), env: Mapping[str, str] | None = None,
-               uid_base: int = isolation.DEFAULT_UID_BASE, start_timeout_s: float = 120.0):
+               uid_base: int | None = None, start_timeout_s: float = 120.0):
     num_workers = DEFAULT_NUM_WORKERS if num_workers is None else num_workers
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not (
-        1 <= num_workers <= 1024):
+        1 <= num_workers <= sandbox.MAX_WORKERS):
       raise ValueError(f"ExecutionPool(num_workers={num_workers!r}): expected an integer "
-                       "in [1, 1024] (e.g. config.execution.num_workers)")
+                       f"in [1, {sandbox.MAX_WORKERS}] (e.g. config.execution.num_workers)")
     if limits is None:
       limits = Limits()
     if not isinstance(limits, Limits):
@@ -131,6 +133,8 @@ class ExecutionPool:
         isinstance(p, str) and os.path.isabs(p) for p in read_only_paths):
       raise ValueError("ExecutionPool(read_only_paths=...): expected a sequence of "
                        "absolute paths")
+    if uid_base is None:
+      uid_base = sandbox.default_uid_base()
     if not isinstance(uid_base, int) or not (1 <= uid_base <= 2**32 - 2 - num_workers):
       raise ValueError(f"ExecutionPool(uid_base={uid_base!r}): expected a positive host "
                        "uid with room for num_workers uids above it")
@@ -199,12 +203,12 @@ class ExecutionPool:
     if mode is None:
       raise ValueError(f"ExecutionPool(preload=...): {reason}")
     requested = self._options["isolation"]
-    if requested == isolation.NAMESPACES and mode != isolation.NAMESPACES:
+    if requested == sandbox.NAMESPACES and mode != sandbox.NAMESPACES:
       raise RuntimeError("ExecutionPool(isolation='namespaces'): this host does not allow "
                          f"them ({reason}); use isolation='auto' or 'rlimits'")
-    if mode != isolation.NAMESPACES and (requested == "auto" or as_root):
+    if mode != sandbox.NAMESPACES and (requested == "auto" or as_root):
       _warn_once(reason)
-    self.isolation, self.isolation_reason = mode, reason if mode != isolation.NAMESPACES else ""
+    self.isolation, self.isolation_reason = mode, reason if mode != sandbox.NAMESPACES else ""
 
   def _spawn(self, w: _Worker) -> None:
     """Asks the fork server for a (new) worker process in slot `w.slot`."""

@@ -131,8 +131,9 @@ def main(control_fd: int) -> None:
       if unreadable:
         spec = dataclasses.replace(spec, drop_uid=False)
         reason += (f"; moreover host uid {spec.uid_base}+ cannot read {unreadable[0]}, so "
-                   "jobs run as root without capabilities (they can write files that root "
-                   "owns wherever the file mode lets the owner write)")
+                   "jobs run as root without capabilities: they can write files that root "
+                   "owns wherever the file mode lets the owner write, and RLIMIT_NPROC does "
+                   "not bind root, so only the wall-clock kill stops a fork bomb")
   protocol.send_with_fds(control, ("hello", mode, reason, not spec.drop_uid), [])
   signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
   while True:

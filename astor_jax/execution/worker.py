@@ -190,6 +190,10 @@ class Worker:
     self.scratch = None
 
   def setup(self) -> None:
+    if os.readlink("/proc/self") != str(os.getpid()):
+      # Pids read from /proc would name other processes than os.kill reaches.
+      raise OSError("/proc belongs to another pid namespace than this process; run the "
+                    "pool where /proc matches (e.g. `unshare --pid --fork --mount-proc`)")
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
