@@ -312,11 +312,11 @@ class ExecutionPool:
     if self._closed:
       raise RuntimeError("ExecutionPool is closed; create a new one (use it as a "
                          "context manager to keep its lifetime clear)")
-    if isinstance(jobs, Job):
+    if isinstance(jobs, Job) or not hasattr(jobs, "__iter__") or isinstance(jobs, (str, bytes)):
       raise TypeError("ExecutionPool.run/submit take a sequence of Job; wrap one job "
                       "in a list: pool.run([job])")
     checked = []
-    for i, job in enumerate(jobs):
+    for i, job in enumerate(list(jobs)):
       if not isinstance(job, Job):
         raise TypeError(f"jobs[{i}]: got {type(job).__name__}, expected "
                         "astor_jax.execution.Job")
@@ -334,7 +334,7 @@ class ExecutionPool:
     Raises TypeError/ValueError at once, before anything runs, if a job is
     malformed; a program's own failure is a Result, never an exception.
     """
-    checked = self._check(list(jobs))
+    checked = self._check(jobs)
     future: concurrent.futures.Future = concurrent.futures.Future()
     future.set_running_or_notify_cancel()
     results: list[Result | None] = [None] * len(checked)
