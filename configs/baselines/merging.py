@@ -3,8 +3,7 @@ r"""Model merging: evaluate the merge of the per-task specialists' weights.
   python -m astor_jax.merge --method=task_arithmetic --base=runs/s/sft \
       --models=runs/s_io,runs/s_gen,runs/s_test,runs/s_commit --out=runs/merged/model
   python -m astor_jax.main --config=configs/baselines/merging.py:task_arithmetic \
-      --config.model.hf_path=runs/merged/model \
-      --config.data.tokenizer_path=runs/merged/model --workdir=runs/merged
+      --config.model.hf_path=runs/merged/model --workdir=runs/merged
 
 Arg: the merge method (uniform | task_arithmetic), optionally `scale=LAMBDA`
 (task arithmetic's coefficient), then the usual base tokens
@@ -17,9 +16,9 @@ params in the tiny world, the instruct checkpoint at paper scale) as the base.
 This config only evaluates them: no training (`phases = ("eval",)`), the same
 eval settings as every other method, the model read from `model.hf_path` (a
 Hugging Face checkpoint directory, which `astor_jax.merge` writes together with
-the tokenizer). The merge settings are recorded under `merge` so that a
-results table can say how the row was made; `python -m astor_jax.reproduce`
-runs both steps.
+the tokenizer) and evaluated as the row "base" of its results table. The merge
+settings are recorded under `merge`, so the run's config.json says how its
+weights were made; `python -m astor_jax.reproduce` runs both steps.
 
 [silent] lambda = 0.5: the paper does not give one. Task arithmetic (Ilharco et
 al., 2023, https://arxiv.org/abs/2212.04089) picks lambda on held-out data;
@@ -59,8 +58,8 @@ def get_config(arg=None):
   c.phases = ("eval",)
   c.model.preset = "hf"
   c.model.hf_path = ""  # required: the directory `python -m astor_jax.merge` wrote
-  # The tokenizer astor_jax.merge saved next to the weights: pass the same
-  # directory as --config.data.tokenizer_path (the reproduction suite does).
-  c.data.tokenizer_path = ""
-  c.eval.sft_baseline = False
+  c.data.tokenizer_path = ""  # empty: the tokenizer astor_jax.merge saved in model.hf_path
+  # Without training phases, the model loaded from model.hf_path is the one
+  # policy evaluated; the results table names its row "base".
+  c.eval.sft_baseline = True
   return c
