@@ -179,6 +179,7 @@ CHECKS: tuple[Check, ...] = (
     positive("sft.learning_rate"),
     nonneg_int("sft.warmup_steps"),
     string("sft.cache_dir"),
+    positive_int("sft.checkpoint_every_steps"),
     one_of("eval.split", ("validation", "test")),
     nonneg("eval.temperature"),
     positive_int("eval.max_examples_per_task"),

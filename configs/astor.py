@@ -142,6 +142,7 @@ def get_config(arg=None):
   c.sft.learning_rate = 1e-3
   c.sft.warmup_steps = 20
   c.sft.cache_dir = ""  # empty: <workdir>/sft; another path shares one warm start across runs
+  c.sft.checkpoint_every_steps = 100  # SFT also saves when stopped (signal, wall time)
 
   # ---------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()

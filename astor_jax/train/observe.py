@@ -6,9 +6,10 @@ Files under the workdir:
   "reward/code_io": 0.41, ...}`; non-finite values are written as `null`.
 - `tensorboard/`: the same scalars as TensorBoard events (tensorboardX).
 
-A resumed run first cuts both streams back to the restored step (`truncate_after`
-for the JSONL, TensorBoard's `purge_step` for the events), so the files of an
-interrupted-and-resumed run hold the same records as an uninterrupted one.
+A resumed run first cuts both streams back to the restored step (`resume`:
+the JSONL is rewritten without the later records, TensorBoard gets a
+`purge_step`), so the files of an interrupted-and-resumed run hold the same
+records as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -62,22 +63,31 @@ def truncate_after(path: str | os.PathLike, phase: str, step: int) -> None:
 class MetricWriter:
   """Appends scalars to `metrics.jsonl` and, optionally, TensorBoard.
 
+  Non-finite values go to the JSONL as `null` and are left out of TensorBoard.
+
   Args:
     workdir: the run's directory.
     tensorboard: also write TensorBoard events under `workdir/tensorboard/<phase>`.
-    purge_after: a resumed run's restored step per phase; records of that
-      phase after it are removed from both streams before writing.
   """
 
-  def __init__(self, workdir: str, *, tensorboard: bool,
-               purge_after: Mapping[str, int] | None = None):
+  def __init__(self, workdir: str, *, tensorboard: bool):
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR) if tensorboard else None
-    self._purge_after = dict(purge_after or {})
-    for phase, step in self._purge_after.items():
-      truncate_after(self.path, phase, step)
+    self._purge_after: dict[str, int] = {}
     self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
     self._tb: dict[str, Any] = {}
+
+  def resume(self, phase: str, step: int) -> None:
+    """Starts (or restarts) `phase` after `step`: later records of it are dropped.
+
+    Call it before the phase's first `write`; 0 for a phase starting afresh.
+    """
+    if phase in self._tb:
+      raise RuntimeError(f"MetricWriter.resume({phase!r}) after writing that phase")
+    self._file.close()
+    truncate_after(self.path, phase, step)
+    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+    self._purge_after[phase] = step
 
   def _tb_writer(self, phase: str):
     if self._tensorboard_dir is None:
@@ -100,7 +110,8 @@ class MetricWriter:
     tb = self._tb_writer(phase)
     if tb is not None:
       for name, value in scalars.items():
-        tb.add_scalar(name, float(value), global_step=int(step))
+        if math.isfinite(float(value)):
+          tb.add_scalar(name, float(value), global_step=int(step))
 
   def flush(self) -> None:
     self._file.flush()

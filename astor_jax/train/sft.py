@@ -22,7 +22,7 @@ clipping at 1.0.
 
 The phase checkpoints into its own directory (`<workdir>/sft` unless
 `sft.cache_dir` names another, so several runs can share one warm start) every
-`checkpoint.every_steps` steps; the last checkpoint is marked done and a
+`sft.checkpoint_every_steps` steps and when stopped; the last checkpoint is marked done and a
 restarted job loads it instead of training again.
 """
 
@@ -238,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, model: Any, params: 
                                          sharding)
   start = 0
   with ckpt_lib.Checkpointer(directory, keep_last=1, keep_best=0,
-                             best_metric="neg_loss") as ckpt:
+                             async_save=config.checkpoint.async_save) as ckpt:
     if ckpt.latest_step() is not None:
       train_state, host, start = ckpt.restore(train_state)
       if host.get("fingerprint") != tag:
@@ -248,6 +248,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, model: Any, params: 
             "another directory, or delete that directory")
       if host.get("done"):
         return SFTResult(train_state.params, done=True, skipped=True)
+    writer.resume("sft", start)
     step_fn = make_sft_step(model, optimizer, mesh, sharding, config.model.logprob_chunk_size)
     positions = rows.positions
     bar = progress(total=s.steps, initial=start, desc="sft", enabled=config.log.progress_bar)
@@ -272,7 +273,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, model: Any, params: 
           writer.write("sft", step + 1, scalars)
           bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
           window_tokens, window_start = 0.0, time.perf_counter()
-        if (step + 1) % config.checkpoint.every_steps == 0 and step + 1 < s.steps:
+        if (step + 1) % s.checkpoint_every_steps == 0 and step + 1 < s.steps:
           ckpt.save(step + 1, train_state, {"fingerprint": tag, "done": False})
     finally:
       bar.close()
