@@ -34,6 +34,10 @@ def fail(message: str) -> None:
 def check_workdir(workdir: str | None) -> str:
   if not workdir:
     fail("--workdir: missing; pass --workdir=DIR (created if absent)")
+  if "://" in workdir:
+    # Multi-host runs need a directory every host sees (e.g. gs://bucket/run);
+    # orbax and etils handle such paths, so they are passed through as given.
+    return workdir
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     fail(f"--workdir: {workdir} is a file; pass a directory path")
@@ -58,6 +62,13 @@ def main(argv) -> None:
   except config_lib.ConfigError as e:
     fail(str(e))
   workdir = check_workdir(_WORKDIR.value)
+  from astor_jax import distributed  # backend-free until initialize()
+
+  try:
+    distributed.initialize()  # multi-host TPU/GPU jobs; a no-op on one machine
+  except distributed.LaunchError as e:
+    fail(str(e))
+  distributed.configure_logging()
   from astor_jax.train import loop  # heavy imports only after validation
 
   loop.run(config, workdir)
