@@ -349,8 +349,9 @@ class Call:
     return f"assert {FUNCTION_NAME}({self.args_source}) == {self.output_source}"
 
 
-def sample_calls(rng: random.Random, program: Program, count: int) -> list[Call]:
-  """Up to `count` distinct calls whose arguments and outputs are short to write."""
+def sample_calls(rng: random.Random, program: Program, count: int,
+                 max_chars: int = MAX_VALUE_CHARS) -> list[Call]:
+  """Up to `count` distinct calls whose arguments and outputs fit in `max_chars` each."""
   fn = program.compile()
   calls: list[Call] = []
   seen: set[str] = set()
@@ -366,7 +367,7 @@ def sample_calls(rng: random.Random, program: Program, count: int) -> list[Call]
       out = fn(*args)
     except Exception:  # noqa: BLE001 - an input outside the function's domain is skipped
       continue
-    if len(key) > MAX_VALUE_CHARS or len(repr(out)) > MAX_VALUE_CHARS:
+    if len(key) > max_chars or len(repr(out)) > max_chars:
       continue
     calls.append(Call(args, out))
   return calls

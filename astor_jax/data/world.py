@@ -36,6 +36,7 @@ SPLITS = ("train", "validation", "test")
 _SPLIT_BUCKETS = {"train": range(0, 8), "validation": range(8, 10), "test": range(10, 12)}
 _HIDDEN_TESTS = 5
 _REFERENCE_TESTS = 3
+_TEST_VALUE_CHARS = 12  # keeps three assertions within ~60 tokens
 _CANDIDATE_CALLS = 12
 _MAX_DRAWS_PER_EXAMPLE = 400
 
@@ -131,7 +132,7 @@ def _code_gen(rng, program, split, index):
 
 
 def _test_gen(rng, program, split, index):
-  calls = programs.sample_calls(rng, program, _CANDIDATE_CALLS)
+  calls = programs.sample_calls(rng, program, _CANDIDATE_CALLS, _TEST_VALUE_CHARS)
   chosen = programs.covering_calls(program, calls, _REFERENCE_TESTS)
   if len(chosen) < 2 or not _full_coverage(program, chosen):
     return None
