@@ -7,7 +7,8 @@ define its method. The text after the colon of `--config=FILE:ARG` is a
 comma-separated list of tokens:
 
   smoke | default             a variant of configs/astor.py (the base).
-  base=FILE[:VARIANT]         another base config, FILE relative to configs/, e.g.
+  base=FILE[:VARIANT]         another base config, FILE relative to configs/ (or
+                              absolute), e.g.
                               base=paper/qwen25_coder_7b.py:8xh100 (the real models).
   NAME=VALUE                  an option the method file declares (e.g. order=...).
   WORD                        the method's positional choice (e.g. the specialist's
