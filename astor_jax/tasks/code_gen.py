@@ -113,15 +113,14 @@ def assemble_solution(example: Example, completion: str) -> tuple[str | None, st
   if code is None:
     return None, "no ```python code block in the answer"
   tree, reason = _parse(code)
-  if tree is None:
-    return None, reason
   entry = example.get("entry_point") or ""
   stub = example.get("stub") or ""
-  if entry and not _defines(tree, entry):
+  if tree is None or (entry and not _defines(tree, entry)):
+    # A completion of the stub (a function body) is read after the stub.
     joined = stub.rstrip() + "\n" + code
-    joined_tree, _ = _parse(joined)
-    if joined_tree is None or not _defines(joined_tree, entry):
-      return None, f"the code does not define {entry}"
+    joined_tree, _ = _parse(joined) if stub else (None, "")
+    if joined_tree is None or (entry and not _defines(joined_tree, entry)):
+      return None, reason or f"the code does not define {entry}"
     code = joined
   missing = [line for line in _stub_imports(stub) if line and line not in code]
   if missing:
