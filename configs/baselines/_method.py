@@ -27,8 +27,8 @@ base's budget. The four per-task specialists share that one budget: each keeps
 `rl.steps` and `rl.group_size` and takes `rl.batch_prompts / K` prompts per
 step, so the four runs together roll out what one multi-task run does, each
 task gets the rollouts the uniform joint run gives it, and every run takes the
-same number of optimizer steps (`rl_rollouts` below; the reproduction suite
-checks the totals before it starts anything).
+same number of optimizer steps (`astor_jax.reproduce.rollout_budget`; the
+reproduction suite checks the totals before it starts anything).
 """
 
 import importlib.util
@@ -132,10 +132,3 @@ def _usage(file_name: str, options: dict[str, str],
 def use_fixed_kl(config: ml_collections.ConfigDict) -> None:
   """One uniform KL coefficient for every task (`astor.init_beta`), as in plain GRPO."""
   config.astor.calibrate = False
-
-
-def rl_rollouts(config: ml_collections.ConfigDict) -> int:
-  """Rollouts one run of `config` generates in its RL phase (0 without one)."""
-  if "rl" not in tuple(config.phases):
-    return 0
-  return config.rl.steps * config.rl.batch_prompts * config.rl.group_size
