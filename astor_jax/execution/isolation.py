@@ -1,6 +1,6 @@
 """Namespaces, a minimal read-only root, privilege dropping and rlimits.
 
-Three levels, from the outside in (see `worker.py` for the process tree):
+Two levels, from the outside in (see `worker.py` for the process tree):
 
 * worker (once, at start): its own user namespace in which it is root, mapped
   to one unprivileged host uid per worker slot (root host) or to the caller's
@@ -10,18 +10,18 @@ Three levels, from the outside in (see `worker.py` for the process tree):
   needs (system directories, the interpreter's prefixes and `sys.path`, any
   extra paths) and a few device nodes, then `pivot_root`ed into. Host files
   outside those paths (home directories, the repository, other users' /tmp)
-  simply do not exist for jobs, and the paths that do are read-only.
-* supervisor (per job, pid 1 of a new pid namespace, new mount and IPC
-  namespaces): mounts a private size-capped tmpfs on /tmp (the job's working
-  directory lives there) and a /proc that shows only the job's processes,
-  then drops all capabilities.
-* program (per job): a nested user namespace in which it is uid 1000, no
-  capabilities, no_new_privs, its own session, rlimits, a scrubbed
-  environment.
+  simply do not exist for jobs, and the paths that do are read-only. Last, a
+  pid namespace of which the worker is pid 1, with a /proc that shows only
+  the worker and its current job.
+* program (per job): new mount and IPC namespaces with a private, size-capped
+  tmpfs on /tmp (the working directory lives there); a nested user namespace
+  in which it is uid 1000; no capabilities; no_new_privs; its own session;
+  rlimits; a scrubbed environment.
 
-Where the host refuses namespaces the worker and supervisor steps are skipped:
-the job then runs in a fresh host temp directory, as an unprivileged uid if the
-pool runs as root, with the rlimits, its own session and no_new_privs.
+Where the host refuses namespaces the worker steps and the program's
+namespaces are skipped: the job then runs in a fresh host temp directory, as
+an unprivileged uid if the pool runs as root, with the rlimits, its own session
+and no_new_privs.
 """
 
 from __future__ import annotations
@@ -291,22 +291,25 @@ def _unescape(field: str) -> str:
   return "".join(out)
 
 
-def enter_job_namespaces() -> None:
-  """In the per-job process, before it forks the supervisor: new pid/mount/IPC."""
-  linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWNS | linux.CLONE_NEWIPC)
-
-
-def prepare_job_filesystem(limits: Limits) -> None:
-  """In the supervisor (pid 1): private /tmp and a /proc of the job's own pids."""
-  linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-  linux.mount("tmpfs", "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
-              f"size={limits.max_disk_mb}m,nr_inodes={max(1024, limits.max_disk_mb * 256)},"
-              "mode=1777")
+def mount_worker_proc() -> None:
+  """In the worker, pid 1 of its new pid namespace: a /proc showing only it and its job."""
   linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
+def enter_job_namespaces(limits: Limits) -> None:
+  """In the program's process: new mount and IPC namespaces, a private /tmp."""
+  linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWIPC)
+  linux.mount("tmpfs", "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
+              f"size={limits.max_disk_mb}m,nr_inodes={max(1024, limits.max_disk_mb * 256)},"
+              "mode=1777")
+
+
 def enter_program_user_namespace() -> None:
-  """In the program process: a nested user namespace where it is JOB_UID."""
+  """In the program's process: a nested user namespace where it is JOB_UID.
+
+  Called while still holding CAP_SETFCAP in the worker's namespace, which
+  Linux >= 5.12 requires to map that namespace's uid 0 into a child one.
+  """
   linux.unshare(linux.CLONE_NEWUSER)
   _write("/proc/self/setgroups", "deny")
   _write("/proc/self/uid_map", f"{JOB_UID} 0 1\n")

