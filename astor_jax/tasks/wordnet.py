@@ -97,16 +97,23 @@ def candidate_dirs() -> list[str]:
   return dirs
 
 
+def nltk_data_wordnet():
+  """nltk's own WordNet (`nltk.download("wordnet")`), or None if it is not installed."""
+  from nltk.corpus import wordnet
+
+  try:
+    wordnet.ensure_loaded()
+  except LookupError:
+    return None
+  return wordnet
+
+
 @functools.cache
 def find_wordnet():
   """nltk's WordNet if installed, else a system WordNet 3.0, else None (warned once)."""
-  try:
-    from nltk.corpus import wordnet
-
-    wordnet.ensure_loaded()
+  wordnet = nltk_data_wordnet()
+  if wordnet is not None:
     return wordnet
-  except LookupError:
-    pass
   for path in candidate_dirs():
     if is_wordnet_dir(path):
       return open_wordnet(path)
