@@ -425,7 +425,6 @@ class RunFailed(RuntimeError):
 
 def launch(argv: Sequence[str], log_path: str) -> int:
   """Runs one job, appending its output to `log_path`; returns its exit status."""
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
   with open(log_path, "a", encoding="utf-8") as log:
     log.write(f"\n$ {shlex.join(argv)}\n")
     log.flush()
@@ -485,6 +484,7 @@ def execute(plan: Plan, launcher: Callable[[Sequence[str], str], int] = launch,
     if plan.finished(seed, run.name):
       say(f"[{i}/{len(todo)}] {key}: finished, skipped")
       continue
+    os.makedirs(plan.run_dir(seed, run.name), exist_ok=True)
     log_path = os.path.join(plan.run_dir(seed, run.name), LOG_FILE)
     say(f"[{i}/{len(todo)}] {key}: running (log: {log_path})")
     start = time.monotonic()
