@@ -51,7 +51,7 @@ def padded_batch(seed: int, side: str, batch: int = 3, length: int = 10):
   """(tokens, positions, input_mask) numpy arrays with padding on `side`."""
   rng = np.random.RandomState(seed)
   tokens = rng.randint(3, VOCAB, (batch, length)).astype(np.int32)
-  lengths = np.array([length - 3, length, length - 1][:batch])
+  lengths = np.resize([length - 3, length, length - 1, length - 5], batch)
   idx = np.arange(length)[None, :]
   if side == "left":
     mask = idx >= (length - lengths)[:, None]
