@@ -99,7 +99,7 @@ class Run:
 
   Attributes:
     name: its directory under W/seed_<s>/.
-    config: config file under configs/.
+    config: config file under configs/; "" for the suite's base config itself.
     tokens: the method's tokens of the config arg (before the suite's base variant).
     kind: "warm_start", "train" or "merge" (merge the specialists, then evaluate).
   """
@@ -112,8 +112,8 @@ class Run:
 
 SPECIALISTS = tuple(f"specialist_{t}" for t in TASKS)
 RUNS: tuple[Run, ...] = (
-    Run("warm_start", "astor.py", kind="warm_start"),
-    Run("astor", "astor.py"),
+    Run("warm_start", "", kind="warm_start"),
+    Run("astor", ""),
     Run("joint_uniform", "baselines/joint_uniform.py"),
     Run("curriculum", "baselines/curriculum.py"),
     *(Run(f"specialist_{t}", "baselines/specialist.py", (t,)) for t in TASKS),
@@ -166,15 +166,48 @@ METHOD_KEYS = tuple(m.key for m in METHODS if m.key != "astor_ref")
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
-  """Sizes of a suite: the base variant of configs/astor.py and overrides for every run."""
+  """What every run starts from.
+
+  Attributes:
+    name: as given to --suite (plus "-quick").
+    base: the base config as `FILE[:VARIANT]` under configs/: ASTOR itself, and the
+      `base=` of every baseline and ablation config.
+    overrides: `(field, value)` set in every run.
+  """
 
   name: str
-  base_variant: str
+  base: str
   overrides: tuple[tuple[str, Any], ...] = ()
 
+  @property
+  def base_file(self) -> str:
+    return self.base.partition(":")[0]
 
-SUITES = {"tiny": Suite("tiny", "default")}
-QUICK_SUITES = {"tiny": Suite("tiny-quick", "smoke")}
+  @property
+  def base_variant(self) -> str | None:
+    return self.base.partition(":")[2] or None
+
+
+SUITES = {"tiny": Suite("tiny", "astor.py:default")}
+QUICK_SUITES = {"tiny": Suite("tiny-quick", "astor.py:smoke")}
+
+
+def get_suite(name: str, quick: bool = False) -> Suite:
+  """`tiny`, or a paper-scale config `paper/<model>.py[:<target>]` (its own sizes).
+
+  Raises:
+    ValueError: an unknown suite, or --quick with a paper-scale one.
+  """
+  suites = QUICK_SUITES if quick else SUITES
+  if name in suites:
+    return suites[name]
+  if name.startswith("paper/") and os.path.isfile(
+      os.path.join(CONFIGS_DIR, name.partition(":")[0])):
+    if quick:
+      raise ValueError(f"--quick: only for the tiny suite; {name} runs the paper's sizes")
+    return Suite(name, name)
+  raise ValueError(f"--suite: unknown suite {name!r}; use tiny or a paper config such as "
+                   "paper/qwen25_coder_7b.py:8xh100")
 
 
 def rollout_budget(config: ml_collections.ConfigDict) -> int:
@@ -227,6 +260,10 @@ class Plan:
     if needed & {"merge_uniform", "merge_task_arithmetic"}:
       needed.update(SPECIALISTS)
     self.runs = tuple(r for r in RUNS if r.name in needed)
+    # Paper-scale bases start from an instruct checkpoint (no SFT phase): their
+    # warm start is that checkpoint, evaluated as is.
+    self.pretrained = "sft" not in tuple(
+        load_config(suite.base_file, suite.base_variant).phases)
 
   # ---------------------------------------------------------------- paths
 
@@ -253,39 +290,48 @@ class Plan:
 
   # ---------------------------------------------------------------- configs
 
+  def config_file(self, run: Run) -> str:
+    return run.config or self.suite.base_file
+
   def config_arg(self, run: Run, seed: int | None) -> str:
+    if not run.config:
+      return self.suite.base_variant or ""
     tokens = list(run.tokens)
     if run.name == "curriculum" and seed is not None:
       order = self.curriculum_order(seed)
       if order:
         tokens.append("order=" + ">".join(order))
-    if run.config == "astor.py":
-      return self.suite.base_variant
-    return ",".join(tokens + [self.suite.base_variant])
+    return ",".join(tokens + [f"base={self.suite.base}"])
 
   def overrides(self, run: Run, seed: int) -> list[tuple[str, Any]]:
-    """Every `--config.<field>` of the run, in order."""
-    out: list[tuple[str, Any]] = [
+    """Every `--config.<field>` of the run, in order: the suite's sizes, `--set`, then
+    the fields the suite owns (seed, shared warm start, tokenizer, merged model)."""
+    out: list[tuple[str, Any]] = list(self.suite.overrides) + list(self.extra) + [
         ("seed", seed),
         ("data.data_dir", os.path.join(self.workdir, "tfds")),
         ("log.progress_bar", False),
     ]
     if run.kind == "warm_start":
-      out += [("phases", ("sft", "eval")), ("eval.sft_baseline", True)]
+      out += [("phases", ("eval",) if self.pretrained else ("sft", "eval")),
+              ("eval.sft_baseline", True)]
     else:
       out.append(("eval.sft_baseline", run.kind == "merge"))
-    if not (run.kind == "warm_start" and seed == 0):
-      out.append(("data.tokenizer_path", self.tokenizer_dir()))
-    if run.kind != "merge":
-      out.append(("sft.cache_dir", self.sft_dir(seed)))
-    else:
+    if not self.pretrained:
+      # One tokenizer for all (trained by seed 0's warm start), one warm start per seed.
+      if not (run.kind == "warm_start" and seed == 0):
+        out.append(("data.tokenizer_path", self.tokenizer_dir()))
+      if run.kind != "merge":
+        out.append(("sft.cache_dir", self.sft_dir(seed)))
+    elif run.kind == "merge":
+      # The merged checkpoint carries the base model's tokenizer.
+      out.append(("data.tokenizer_path", self.resolve_base().model.hf_path))
+    if run.kind == "merge":
       out.append(("model.hf_path", self.merged_model_dir(seed, run.name)))
-    out += list(self.suite.overrides) + list(self.extra)
-    return out
+    return list(dict(out).items())  # one flag per field, the last value wins
 
   def command(self, run: Run, seed: int) -> list[str]:
     """The job's command line: `python -m astor_jax.main --config=... --workdir=...`."""
-    config = os.path.join(CONFIGS_DIR, run.config) + ":" + self.config_arg(run, seed)
+    config = os.path.join(CONFIGS_DIR, self.config_file(run)) + ":" + self.config_arg(run, seed)
     argv = [self.python, "-m", "astor_jax.main", f"--config={config}",
             f"--workdir={self.run_dir(seed, run.name)}"]
     argv += [f"--config.{path}={flag_value(value)}" for path, value in self.overrides(run, seed)]
@@ -298,17 +344,29 @@ class Plan:
             "--models=" + ",".join(self.run_dir(seed, s) for s in SPECIALISTS),
             f"--out={self.merged_model_dir(seed, run.name)}"]
     if config.merge.method == "task_arithmetic":
-      argv += [f"--base={self.sft_dir(seed)}", f"--scale={config.merge.scale}"]
+      base = self.resolve_base().model.hf_path if self.pretrained else self.sft_dir(seed)
+      argv += [f"--base={base}", f"--scale={config.merge.scale}"]
     return argv
+
+  def resolve_base(self) -> ml_collections.ConfigDict:
+    """The suite's base config with the suite's and --set overrides (not validated)."""
+    config = load_config(self.suite.base_file, self.suite.base_variant)
+    for path, value in list(self.suite.overrides) + list(self.extra):
+      set_field(config, path, value)
+    return config
 
   def resolve(self, run: Run, seed: int) -> ml_collections.ConfigDict:
     """The run's config as the job will see it (file, arg and overrides), validated."""
     from astor_jax import config as config_lib
 
-    config = load_config(run.config, self.config_arg(run, None))
+    config = load_config(self.config_file(run), self.config_arg(run, None))
     for path, value in self.overrides(run, seed):
       set_field(config, path, value)
-    config_lib.validate(config)
+    try:
+      config_lib.validate(config)
+    except config_lib.ConfigError as e:
+      raise ValueError(f"run {run.name}: {e} (for every run of the suite: "
+                       "--set=FIELD=VALUE)") from None
     return config
 
   def curriculum_order(self, seed: int) -> tuple[str, ...]:
@@ -450,7 +508,7 @@ def _write_json(path: str, data: Any) -> None:
 def _check_suite_file(plan: Plan) -> None:
   """The workdir holds this suite (or nothing yet); adding seeds or methods is fine."""
   path = os.path.join(plan.workdir, SUITE_FILE)
-  record = {"suite": plan.suite.name, "base_variant": plan.suite.base_variant,
+  record = {"suite": plan.suite.name, "base": plan.suite.base,
             "overrides": [[p, flag_value(v)] for p, v in plan.suite.overrides + plan.extra]}
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
@@ -810,9 +868,6 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if not f.workdir:
     fail("--workdir: missing; pass --workdir=DIR (created if absent)")
-  suites = QUICK_SUITES if f.quick else SUITES
-  if f.suite not in suites:
-    fail(f"--suite: unknown suite {f.suite!r}; use one of {', '.join(suites)}")
   if f.seeds < 1:
     fail(f"--seeds: got {f.seeds}, expected a positive integer")
   methods = tuple(m for m in f.only.split(",") if m) if f.only else METHOD_KEYS
@@ -825,8 +880,8 @@ def main(argv: Sequence[str]) -> None:
     if not eq:
       fail(f"--set: {item!r} is not FIELD=VALUE; e.g. --set=astor.tau=1.0")
     extra.append((path.removeprefix("config."), parse_value(value)))
-  plan = Plan(f.workdir, suites[f.suite], f.seeds, methods, extra)
   try:
+    plan = Plan(f.workdir, get_suite(f.suite, f.quick), f.seeds, methods, extra)
     if os.path.exists(plan.workdir) and not os.path.isdir(plan.workdir):
       fail(f"--workdir: {plan.workdir} is a file; pass a directory")
     budgets = plan.check_equal_compute()

@@ -142,7 +142,7 @@ def test_commands_share_the_warm_start_and_tokenizer(tmp_path):
   assert f"--base={os.path.join(str(tmp_path), 'seed_0', 'sft')}" in arithmetic
   # Curriculum runs easy to hard by the warm start's per-task scores.
   curriculum = [c for c in mains if "curriculum.py" in c[3]][0]
-  assert curriculum[3].endswith(":order=commit_msg>code_io>test_gen>code_gen,smoke")
+  assert curriculum[3].endswith(":order=commit_msg>code_io>test_gen>code_gen,base=astor.py:smoke")
 
 
 def test_resume_skips_finished_runs_and_reports_the_failure(tmp_path):
@@ -224,3 +224,26 @@ def test_cli_rejects_bad_flags(tmp_path):
   assert result.returncode == 2 and "--suite: unknown suite 'huge'" in result.stderr
   result = run("--quick", "--dry_run", "--set=rl.stepz=3", f"--workdir={tmp_path}")
   assert result.returncode == 2 and "--set rl.stepz: no such config field" in result.stderr
+
+
+def test_paper_suite_starts_every_method_from_the_instruct_checkpoint(tmp_path):
+  paths = [("model.hf_path", "/data/qwen"), ("data.cruxeval_path", "/data/c.jsonl"),
+           ("data.mbpp_path", "/data/m.jsonl"), ("data.aider_exercises_path", "/data/a"),
+           ("data.commits_path", "/data/cm.jsonl")]
+  plan = reproduce.Plan(str(tmp_path), reproduce.get_suite("paper/qwen3_8b.py"), 1, extra=paths,
+                        python="python")
+  assert plan.pretrained
+  budgets = plan.check_equal_compute()
+  assert set(budgets.values()) == {400 * 128 * 8}
+  warm = parse(plan.command(reproduce.RUNS_BY_NAME["warm_start"], 0))
+  assert warm["config.phases"] == "('eval',)" and "config.sft.cache_dir" not in warm
+  merged = reproduce.RUNS_BY_NAME["merge_task_arithmetic"]
+  assert "--base=/data/qwen" in plan.merge_command(merged, 0)
+  argv = plan.command(merged, 0)
+  assert [a for a in argv if a.startswith("--config.model.hf_path=")] == [
+      f"--config.model.hf_path={plan.merged_model_dir(0, merged.name)}"]
+  assert parse(argv)["config.data.tokenizer_path"] == "/data/qwen"
+  with pytest.raises(ValueError, match="--quick: only for the tiny suite"):
+    reproduce.get_suite("paper/qwen3_8b.py", quick=True)
+  with pytest.raises(ValueError, match="run warm_start: config.model.hf_path"):
+    reproduce.Plan(str(tmp_path), reproduce.get_suite("paper/qwen3_8b.py"), 1).check_equal_compute()
