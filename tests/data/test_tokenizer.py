@@ -1,0 +1,70 @@
+"""Tiny-world tokenizer (HF format) and SFT corpus; prompts fit the tiny model's budget."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from astor_jax.data import tokenizer as tok
+from astor_jax.data import world
+from astor_jax.tasks import corpus
+from astor_jax.tasks.registry import TASKS, get_task
+
+SPEC = world.WorldSpec(seed=0, train_per_task=64, eval_per_task=16)
+MAX_PROMPT_TOKENS = 150
+MAX_ANSWER_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def tasks():
+  return {name: get_task(name) for name in TASKS}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tasks):
+  out = tmp_path_factory.mktemp("tokenizer")
+  corpus.train_tiny_world_tokenizer(tasks, SPEC, vocab_size=2048, out_dir=str(out))
+  return str(out)
+
+
+def test_loads_with_auto_tokenizer_and_has_special_tokens(saved):
+  t = AutoTokenizer.from_pretrained(saved)
+  assert (t.pad_token_id, t.bos_token_id, t.eos_token_id) == (0, 1, 2)
+  assert (t.pad_token, t.bos_token, t.eos_token) == ("<pad>", "<s>", "</s>")
+  assert 259 < len(t) <= 2048
+  assert tok.load_tokenizer(saved).get_vocab() == t.get_vocab()
+
+
+@pytest.mark.parametrize("text", [
+    "def f(xs):\n    total = 0\n    for v in xs:\n        total += v\n    return total\n",
+    "[ANSWER]f([1, 2], 'ab')[/ANSWER]", "Ünïcödé ✓ 漢字 \t tabs", ""])
+def test_any_text_round_trips(saved, text):
+  t = AutoTokenizer.from_pretrained(saved)
+  ids = t.encode(text, add_special_tokens=False)
+  assert t.decode(ids) == text
+  assert t.bos_token_id not in ids and t.eos_token_id not in ids
+
+
+def test_prompts_and_answers_fit_the_tiny_model(saved, tasks):
+  t = AutoTokenizer.from_pretrained(saved)
+  for name in TASKS:
+    for split in ("train", "test"):
+      for e in world.examples(name, split, SPEC):
+        prompt = tasks[name].build_prompt(e)
+        answer = tasks[name].reference_completion(e)
+        assert len(t.encode(prompt, add_special_tokens=False)) <= MAX_PROMPT_TOKENS, prompt
+        assert len(t.encode(answer, add_special_tokens=False)) <= MAX_ANSWER_TOKENS, answer
+
+
+def test_sft_pairs_interleave_tasks_with_reference_answers(tasks):
+  small = world.WorldSpec(seed=1, train_per_task=3, eval_per_task=1)
+  pairs = corpus.tiny_world_sft_pairs(tasks, small)
+  assert len(pairs) == 3 * len(TASKS)
+  firsts = [world.examples(name, "train", small)[0] for name in TASKS]
+  assert pairs[:len(TASKS)] == [(tasks[e["task"]].build_prompt(e),
+                                 tasks[e["task"]].reference_completion(e)) for e in firsts]
+
+
+def test_bad_vocab_size_and_missing_directory(tmp_path):
+  with pytest.raises(ValueError, match="config.data.vocab_size"):
+    tok.train_tokenizer(["abc"], vocab_size=100)
+  with pytest.raises(FileNotFoundError, match="config.data.tokenizer_path"):
+    tok.load_tokenizer(str(tmp_path))

@@ -1,0 +1,100 @@
+"""Tiny world: deterministic by seed, disjoint splits, correct I/O, graded difficulty."""
+
+import dataclasses
+
+import pytest
+
+from astor_jax.data import programs, world
+
+SPEC = world.WorldSpec(seed=5, train_per_task=24, eval_per_task=8)
+
+
+@pytest.fixture(scope="module")
+def generated():
+  return {(t, s): world.examples(t, s, SPEC) for t in world.TASKS for s in world.SPLITS}
+
+
+def test_same_seed_same_world(generated):
+  for task in world.TASKS:
+    assert world.examples(task, "validation", SPEC) == generated[task, "validation"]
+
+
+def test_another_seed_another_world(generated):
+  other = dataclasses.replace(SPEC, seed=6)
+  for task in world.TASKS:
+    assert world.examples(task, "test", other) != generated[task, "test"]
+
+
+def test_sizes_ids_and_difficulty_cycle(generated):
+  for (task, split), examples in generated.items():
+    assert len(examples) == SPEC.size(split)
+    assert len({e["id"] for e in examples}) == len(examples)
+    assert [e["task"] for e in examples] == [task] * len(examples)
+    if task != "commit_msg":  # commit difficulty is the edit's, not the program's
+      assert [e["difficulty"] for e in examples] == [
+          programs.LEVELS[i % 4] for i in range(len(examples))]
+
+
+def _program_code(example):
+  return {"code_io": "code", "code_gen": "reference", "test_gen": "code"}[example["task"]]
+
+
+def test_splits_are_disjoint_across_tasks(generated):
+  codes = {s: set() for s in world.SPLITS}
+  for (task, split), examples in generated.items():
+    if task == "commit_msg":
+      continue
+    for e in examples:
+      code = e[_program_code(e)]
+      assert world.split_of(code, SPEC.seed) == split
+      codes[split].add(code)
+  assert not codes["train"] & codes["test"]
+  assert not codes["train"] & codes["validation"]
+  assert not codes["validation"] & codes["test"]
+  diffs = {s: {e["diff"] for e in generated["commit_msg", s]} for s in world.SPLITS}
+  assert not diffs["train"] & diffs["test"]
+
+
+def test_split_of_depends_only_on_code_and_seed():
+  assert world.split_of("def f(x):\n    return x\n", 0) == world.split_of(
+      "def f(x):\n    return x\n", 0)
+  seen = {world.split_of(f"k{i}", 0) for i in range(200)}
+  assert seen == set(world.SPLITS)
+
+
+def test_io_pairs_and_hidden_tests_are_true(generated):
+  for e in generated["code_io", "train"]:
+    ns = {}
+    exec(e["code"], ns)  # our own generated programs
+    assert eval(f"f({e['input']})", ns) == eval(e["output"])
+    assert e["mode"] in ("input", "output")
+  for e in generated["code_gen", "train"] + generated["test_gen", "train"]:
+    ns = {}
+    exec(e.get("reference", e.get("code")), ns)
+    for suite in e["suites"]:
+      exec(suite["code"], dict(ns))
+
+
+def test_code_gen_instructions_and_stub(generated):
+  for e in generated["code_gen", "test"]:
+    assert e["stub"].startswith("def f(") and e["reference"].startswith(e["stub"])
+    assert e["instructions"].endswith(".")
+    assert len(e["suites"]) >= 3
+
+
+def test_commit_diffs_and_messages(generated):
+  for e in generated["commit_msg", "train"]:
+    lines = e["diff"].splitlines()
+    assert lines[0].startswith("--- a/") and lines[1].startswith("+++ b/")
+    assert any(line.startswith("+") and not line.startswith("+++") for line in lines)
+    assert e["message"] and "\n" not in e["message"]
+    assert 1 <= e["difficulty"] <= 3
+
+
+def test_bad_specs_are_refused_with_the_config_field():
+  with pytest.raises(ValueError, match="config.data.difficulties"):
+    world.WorldSpec(difficulties=(0, 5))
+  with pytest.raises(ValueError, match="config.data.train_per_task"):
+    world.examples("code_gen", "train", world.WorldSpec(train_per_task=2000, difficulties=(1,)))
+  with pytest.raises(ValueError, match="unknown tiny-world task"):
+    world.examples("poetry", "train", SPEC)
