@@ -1,0 +1,224 @@
+r"""The full ASTOR step on the embedded tiny world, timed by the training loop itself.
+
+Runs `astor_jax.train.loop.train` on `configs/astor.py:smoke` (SFT warm start,
+then `--steps` RL steps; no evaluation) and reads the loop's own phase timers
+from `metrics.jsonl` (`time/<phase>`, `astor_jax/train/loop.py`,
+`RLPhase.run_step`):
+
+  schedule           the jitted schedule (budgets, prompt draw)
+  sample             KV-cache decode + rows + detokenize
+  score_submit       jobs built and handed to the execution pool
+  logprobs_dispatch  batch checks, device put, reference + old log-probs dispatched
+  score_wait         waiting for the rewards (device log-probs run meanwhile)
+  logprobs_wait      waiting for the log-probs after the rewards arrived
+  train              the jitted ASTOR train step (utility, schedule, per-task KL)
+
+Overlap of reward scoring with device work: after each step (outside the
+loop's timers) the bench re-scores the same completions alone and recomputes
+the same two log-prob passes alone, so
+
+  scoring hidden   = 1 - score_wait / score_alone        (clipped to [0, 1])
+  log-probs hidden = 1 - logprobs_wait / logprobs_alone
+  saved            = (score_alone + logprobs_alone) - window,
+  window           = score_submit + logprobs_dispatch + score_wait + logprobs_wait
+
+"scoring hidden" = 1 means the step never waited for its rewards: the pool
+scored while the device computed log-probs. `saved` < 0 means running both at
+once cost more than running them one after the other (two busy cores).
+
+The re-measurement hooks wrap `RLPhase.run_step` and `RLPhase._rollout_batch`
+(instrumentation only; the training is unchanged) and their time is taken out
+of `time/step`. Steady figures are means over steps 2..N (step 1 compiles).
+
+  python -m bench.astor_bench --steps 8 --json-out /tmp/astor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import resource
+import statistics
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LOOP_PHASES = ("schedule", "sample", "score_submit", "logprobs_dispatch", "score_wait",
+               "logprobs_wait", "train")
+WINDOW = ("score_submit", "logprobs_dispatch", "score_wait", "logprobs_wait")
+
+
+def smoke_config(steps: int, sft_cache_dir: str = ""):
+  """`configs/astor.py:smoke` with `steps` RL steps, no eval, no TensorBoard, no progress bar."""
+  spec = importlib.util.spec_from_file_location("astor_config", REPO / "configs" / "astor.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("smoke")
+  c.phases = ("sft", "rl")
+  c.rl.steps = steps
+  c.log.tensorboard = False
+  c.log.progress_bar = False
+  c.checkpoint.every_steps = max(steps, 1)
+  c.sft.cache_dir = sft_cache_dir
+  return c
+
+
+class _Probe:
+  """Times scoring and log-probs of each step's batch on their own, after the step."""
+
+  def __init__(self):
+    self.records: list[dict] = []
+    self.error = ""
+
+  def install(self, loop) -> None:
+    import jax
+
+    from astor_jax.tasks.base import score_batch
+    from astor_jax.train.batch import as_device_batch
+
+    probe = self
+    original_rollout = loop.RLPhase._rollout_batch  # noqa: SLF001 - instrumentation
+    original_step = loop.RLPhase.run_step
+
+    def rollout_batch(self, plan, key):
+      out = original_rollout(self, plan, key)
+      self._bench_rollout = out  # noqa: SLF001
+      return out
+
+    def run_step(self, timer):
+      out = original_step(self, timer)
+      start = time.perf_counter()
+      record = {}
+      try:
+        host_batch, examples, completions, _ = self._bench_rollout  # noqa: SLF001
+        t0 = time.perf_counter()
+        score_batch(self.job.tasks, examples, completions, self.job.pool).result()
+        record["score_alone_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batch = as_device_batch(host_batch, self.job.mesh)
+        jax.block_until_ready((self.logprob_fn(self.ref_params, batch),
+                               self.logprob_fn(self.train_state.params, batch)))
+        record["logprobs_alone_s"] = time.perf_counter() - t0
+      except Exception as e:  # noqa: BLE001 - the probe must never break the measured run
+        probe.error = f"{type(e).__name__}: {e}"
+      record["seq_len"] = int(self._bench_rollout[0].tokens.shape[1])  # noqa: SLF001
+      # A count that grows after step 1 is a recompilation (e.g. a new prompt bucket).
+      record["compiled_programs"] = {
+          "sampler": self.job.sampler._generate._cache_size(),  # noqa: SLF001
+          "logprob_fn": self.logprob_fn._cache_size(),  # noqa: SLF001
+          "train_step": self.train_step._cache_size()}  # noqa: SLF001
+      record["probe_s"] = time.perf_counter() - start
+      probe.records.append(record)
+      return out
+
+    loop.RLPhase._rollout_batch = rollout_batch  # noqa: SLF001
+    loop.RLPhase.run_step = run_step
+
+
+def _mean(xs):
+  return round(statistics.fmean(xs), 4) if xs else None
+
+
+def summarize(records: list[dict], probes: list[dict]) -> dict:
+  """Per-phase first/steady times and the overlap figures (module doc)."""
+  rl = [r for r in records if r.get("phase") == "rl"]
+  for r, p in zip(rl, probes):
+    r["time/step_without_probe"] = r["time/step"] - p.get("probe_s", 0.0)
+  phases = {}
+  for name in LOOP_PHASES + ("step_without_probe",):
+    values = [r.get(f"time/{name}") or 0.0 for r in rl]
+    phases[name] = {"first": round(values[0], 4) if values else None,
+                    "steady_mean": _mean(values[1:])}
+  steady_rl, steady_probes = rl[1:], probes[1:]
+  complete = bool(steady_probes) and len(steady_probes) == len(steady_rl) and all(
+      "score_alone_s" in p and "logprobs_alone_s" in p for p in steady_probes)
+  overlap = {}
+  if complete:
+    def loop_time(name):
+      return [r.get(f"time/{name}") or 0.0 for r in steady_rl]
+
+    score = [p["score_alone_s"] for p in steady_probes]
+    logprobs = [p["logprobs_alone_s"] for p in steady_probes]
+    window = [sum(parts) for parts in zip(*(loop_time(p) for p in WINDOW))]
+    serial = [s + lp for s, lp in zip(score, logprobs)]
+
+    def hidden(waits, alone):
+      return [min(1.0, max(0.0, 1.0 - w / max(a, 1e-9))) for w, a in zip(waits, alone)]
+
+    overlap = {
+        "score_alone_s": _mean(score), "logprobs_alone_s": _mean(logprobs),
+        "score_wait_s": _mean(loop_time("score_wait")),
+        "logprobs_wait_s": _mean(loop_time("logprobs_wait")),
+        "scoring_hidden_fraction": _mean(hidden(loop_time("score_wait"), score)),
+        "logprobs_hidden_fraction": _mean(hidden(loop_time("logprobs_wait"), logprobs)),
+        "window_s": _mean(window), "serial_s": _mean(serial),
+        "saved_s": _mean([s - w for s, w in zip(serial, window)])}
+  return {"phases": phases, "overlap": overlap,
+          "steps": len(rl),
+          "completion_tokens_per_step": [r.get("completion_tokens") for r in rl],
+          "reward_per_step": [r.get("reward") for r in rl],
+          "skipped_steps": int(sum(r.get("skipped") or 0 for r in rl))}
+
+
+def run(steps: int, workdir: str, sft_cache_dir: str = "") -> dict:
+  """Trains the smoke config in `workdir` with the probe installed; returns the record."""
+  import jax
+
+  from astor_jax.train import loop, observe
+
+  config = smoke_config(steps, sft_cache_dir)
+  probe = _Probe()
+  probe.install(loop)
+  start = time.perf_counter()
+  outcome = loop.train(config, workdir)
+  total = time.perf_counter() - start
+  if not outcome.finished:
+    raise RuntimeError(f"the training run stopped early: {outcome.stop_reason}")
+  records = observe.read_metrics(os.path.join(workdir, observe.METRICS_FILE))
+  out = summarize(records, probe.records)
+  sft = [r for r in records if r.get("phase") == "sft"]
+  out.update({
+      "framework": "astor_jax",
+      "versions": {"jax": jax.__version__},
+      "config": {"variant": "smoke", "rl_steps": steps,
+                 "batch_prompts": int(config.rl.batch_prompts),
+                 "group_size": int(config.rl.group_size),
+                 "max_new_tokens": int(config.sampler.max_new_tokens),
+                 "prompt_buckets": list(config.sampler.prompt_buckets),
+                 "tasks": list(config.tasks), "execution_workers":
+                 int(config.execution.num_workers), "sft_steps": int(config.sft.steps)},
+      "sft_records": len(sft),
+      "total_wall_s": round(total, 2),
+      "probe_error": probe.error,
+      "probes": probe.records,
+      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+  })
+  return out
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--steps", type=int, default=8, help="RL steps (step 1 compiles)")
+  ap.add_argument("--workdir", default="", help="run directory (default: a temporary one)")
+  ap.add_argument("--sft-cache-dir", default="",
+                  help="share the SFT warm start between runs (default: inside the workdir)")
+  ap.add_argument("--json-out", default=None)
+  args = ap.parse_args(argv)
+  if args.steps < 2:
+    ap.error("--steps: must be >= 2 (step 1 compiles; steady figures need step 2 on)")
+  if args.workdir:
+    result = run(args.steps, args.workdir, args.sft_cache_dir)
+  else:
+    with tempfile.TemporaryDirectory(prefix="astor_bench_") as workdir:
+      result = run(args.steps, workdir, args.sft_cache_dir)
+  print(json.dumps({k: v for k, v in result.items() if k != "probes"}, indent=1))
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
