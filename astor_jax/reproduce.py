@@ -46,7 +46,9 @@ takes each task's columns from that task's specialist), W/results_per_seed.csv,
 W/plots/average.png (average score per method, error bars one std, dots the
 seeds), W/plots/learning_curves.png and learning_curves_ablations.png (training
 reward per task over RL steps, mean over seeds, from each run's metrics.jsonl),
-and W/timings.json (wall seconds of each run this command executed).
+and W/timings.json (wall and CPU seconds of each job this workdir's commands ran:
+`cpu_s` is user + system time of the job's processes, the measure that does not
+depend on what else the machine runs).
 
 Suites (`--suite`; `--quick` picks the quick sizes with the same table shape):
 
@@ -68,6 +70,7 @@ import importlib.util
 import json
 import math
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -532,7 +535,7 @@ def execute(plan: Plan, launcher: Callable[[Sequence[str], str], int] = launch,
   _check_suite_file(plan)
   plan.check_equal_compute()
   timings_path = os.path.join(plan.workdir, TIMINGS_FILE)
-  timings: dict[str, float] = {}
+  timings: dict[str, dict[str, float]] = {}
   if os.path.exists(timings_path):
     with open(timings_path, encoding="utf-8") as f:
       timings = json.load(f)
@@ -545,7 +548,7 @@ def execute(plan: Plan, launcher: Callable[[Sequence[str], str], int] = launch,
     os.makedirs(plan.run_dir(seed, run.name), exist_ok=True)
     log_path = os.path.join(plan.run_dir(seed, run.name), LOG_FILE)
     say(f"[{i}/{len(todo)}] {key}: running (log: {log_path})")
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _children_cpu_s()
     steps = []
     if run.kind == "merge":
       from astor_jax.merge import MERGE_FILE
@@ -564,10 +567,19 @@ def execute(plan: Plan, launcher: Callable[[Sequence[str], str], int] = launch,
     if not plan.finished(seed, run.name):
       raise RunFailed(f"{key}: the job ended without {table_lib.RESULTS_DIR}/"
                       f"{table_lib.EVAL_FILE}; see {log_path}")
-    timings[key] = timings.get(key, 0.0) + time.monotonic() - start
+    spent = timings.get(key, {"wall_s": 0.0, "cpu_s": 0.0})
+    timings[key] = {"wall_s": spent["wall_s"] + time.monotonic() - start,
+                    "cpu_s": spent["cpu_s"] + _children_cpu_s() - cpu_start}
     _write_json(timings_path, timings)
-    say(f"[{i}/{len(todo)}] {key}: done in {timings[key]:.0f} s")
+    say(f"[{i}/{len(todo)}] {key}: done in {timings[key]['wall_s']:.0f} s "
+        f"({timings[key]['cpu_s']:.0f} CPU s)")
   return timings
+
+
+def _children_cpu_s() -> float:
+  """User + system seconds of this process's finished children."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------ results
@@ -638,6 +650,8 @@ def collect(plan: Plan) -> list[Summary]:
     if not any(r.name in method.runs for r in plan.runs):
       continue
     rows = {s: row for s in plan.seeds if (row := method_row(plan, method, s)) is not None}
+    if method.key == "sft" and plan.pretrained:
+      method = dataclasses.replace(method, label="Base model (no RL)")
     if rows:
       out.append(summarize(method, rows))
   return out
@@ -662,7 +676,8 @@ def markdown_table(summaries: Iterable[Summary]) -> str:
 
 def write_results(plan: Plan, summaries: Sequence[Summary],
                   budgets: Mapping[str, int] | None = None,
-                  timings: Mapping[str, float] | None = None) -> tuple[str, str]:
+                  timings: Mapping[str, Mapping[str, float]] | None = None,
+                  ) -> tuple[str, str]:
   """Writes W/results.md, W/results.csv and W/results_per_seed.csv; returns the first two."""
   md_path = os.path.join(plan.workdir, "results.md")
   csv_path = os.path.join(plan.workdir, "results.csv")
@@ -683,9 +698,10 @@ def write_results(plan: Plan, summaries: Sequence[Summary],
              "rl.group_size, summed over a method's runs; merging reuses the specialists' "
              "runs):\n", "\n".join(f"- {k}: {v}" for k, v in budgets.items()) + "\n"]
   if timings:
-    total = sum(timings.values())
-    text.append(f"Wall time of the jobs run by this workdir's commands: {total / 60:.1f} min "
-                f"over {len(timings)} jobs (timings.json).\n")
+    wall = sum(t["wall_s"] for t in timings.values())
+    cpu = sum(t["cpu_s"] for t in timings.values())
+    text.append(f"Jobs run by this workdir's commands: {len(timings)}, {wall / 60:.1f} min "
+                f"wall, {cpu / 60:.1f} min CPU (user + system; timings.json).\n")
   _write_text(md_path, "\n".join(text))
   tmp = csv_path + ".tmp"
   with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -868,8 +884,9 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   if not f.workdir:
     fail("--workdir: missing; pass --workdir=DIR (created if absent)")
-  if f.seeds < 1:
-    fail(f"--seeds: got {f.seeds}, expected a positive integer")
+  seeds = f.seeds if f.seeds is not None else (1 if f.quick else 3)
+  if seeds < 1:
+    fail(f"--seeds: got {seeds}, expected a positive integer")
   methods = tuple(m for m in f.only.split(",") if m) if f.only else METHOD_KEYS
   unknown = [m for m in methods if m not in METHOD_KEYS]
   if unknown:
@@ -881,7 +898,7 @@ def main(argv: Sequence[str]) -> None:
       fail(f"--set: {item!r} is not FIELD=VALUE; e.g. --set=astor.tau=1.0")
     extra.append((path.removeprefix("config."), parse_value(value)))
   try:
-    plan = Plan(f.workdir, get_suite(f.suite, f.quick), f.seeds, methods, extra)
+    plan = Plan(f.workdir, get_suite(f.suite, f.quick), seeds, methods, extra)
     if os.path.exists(plan.workdir) and not os.path.isdir(plan.workdir):
       fail(f"--workdir: {plan.workdir} is a file; pass a directory")
     budgets = plan.check_equal_compute()
@@ -907,7 +924,8 @@ def run() -> None:
   from absl import app, flags
 
   flags.DEFINE_string("suite", "tiny", "Which suite: tiny.")
-  flags.DEFINE_integer("seeds", 3, "Seeds per method (0 .. seeds-1).")
+  flags.DEFINE_integer("seeds", None, "Seeds per method (0 .. seeds-1); default 3, with "
+                                      "--quick 1.")
   flags.DEFINE_string("workdir", None, "Directory of the suite (created; resumed if present).")
   flags.DEFINE_bool("quick", False, "The quick sizes (same table shape, minutes not hours).")
   flags.DEFINE_string("only", "", f"Comma-separated methods to run (default all: "
