@@ -526,12 +526,13 @@ def _check_suite_file(plan: Plan) -> None:
 
 
 def execute(plan: Plan, launcher: Callable[[Sequence[str], str], int] = launch,
-            say: Callable[[str], None] = print) -> dict[str, float]:
-  """Runs every unfinished job of the plan, seed by seed; returns wall seconds per job.
+            say: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+  """Runs every unfinished job of the plan, seed by seed; returns wall/CPU seconds per job.
 
   Raises:
     RunFailed: a job failed (or was stopped by a signal); rerunning resumes.
   """
+  say = say or (lambda line: print(line, flush=True))
   _check_suite_file(plan)
   plan.check_equal_compute()
   timings_path = os.path.join(plan.workdir, TIMINGS_FILE)
