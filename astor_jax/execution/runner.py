@@ -41,18 +41,24 @@ def _fresh_stdio() -> None:
 
 
 def _default_signals() -> None:
-  """Signal dispositions of a fresh interpreter; nothing blocked."""
+  """Signal dispositions of a fresh interpreter; nothing blocked.
+
+  Only dispositions that differ are changed (the worker already holds the
+  defaults), which saves ~60 system calls per job.
+  """
+  # CPython's own: KeyboardInterrupt on SIGINT; SIGPIPE and SIGXFSZ ignored so
+  # that writes fail with an exception instead of killing the process.
+  wanted = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
+            signal.SIGXFSZ: signal.SIG_IGN}
   for sig in signal.valid_signals():
     if sig in (signal.SIGKILL, signal.SIGSTOP):
       continue
-    try:
-      signal.signal(sig, signal.SIG_DFL)
-    except (OSError, ValueError, RuntimeError):
-      pass
-  signal.signal(signal.SIGINT, signal.default_int_handler)
-  # CPython ignores these at startup so that writes fail with an exception.
-  signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    want = wanted.get(sig, signal.SIG_DFL)
+    if signal.getsignal(sig) != want:
+      try:
+        signal.signal(sig, want)
+      except (OSError, ValueError, RuntimeError):
+        pass
   signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

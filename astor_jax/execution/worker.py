@@ -181,11 +181,12 @@ class Worker:
     if not self.namespaces:
       linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
       linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+      linux.drop_bounding_set(self.last_cap)
       self.scratch = tempfile.mkdtemp(prefix="astor-exec-")
       os.chmod(self.scratch, 0o711)
       return
     isolation.enter_worker_namespaces(self.slot, self.spec)
-    linux.unshare(linux.CLONE_NEWPID)
+    linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWIPC)
     if os.fork() != 0:
       os._exit(0)  # the fork server (a subreaper) adopts and later reaps the worker
     # Our host pid, read through the host's /proc before our own covers it.
@@ -201,6 +202,7 @@ class Worker:
         except (OSError, ValueError):
           pass
     linux.prctl(linux.PR_SET_DUMPABLE, 0)  # jobs may not ptrace us or read our /proc
+    linux.drop_bounding_set(self.last_cap)
 
   def close(self) -> None:
     if self.scratch:
@@ -247,6 +249,9 @@ class Worker:
         pass
       while _reap(0, usage):
         pass
+      # Jobs share this worker's IPC namespace (one at a time): nothing of one
+      # job may be left for the next.
+      linux.remove_sysv_ipc()
     else:
       sweep(usage)
 
@@ -392,7 +397,7 @@ class Worker:
         if self.host_uid is not None:
           isolation.drop_to_uid(self.host_uid)
         _write_files(workdir, job)
-      linux.drop_all_capabilities(self.last_cap)
+      linux.drop_capabilities()
       os.chdir(workdir)
       high = [_to_high_fd(fd) for fd in (pipes.stdin, pipes.out_w, pipes.err_w, pipes.mark_w)]
       for target, fd in enumerate(high[:3]):
