@@ -34,9 +34,11 @@ so new values never recompile.
 Metrics (all replicated; [K] arrays in `config.tasks` order):
   loss, policy_loss, kl_penalty, entropy_bonus (weighted terms of the loss,
   averaged over minibatches), grad_norm (before clipping, averaged), and
+  reward, kl, clip_fraction, entropy, logprob_mismatch (over all tasks), and
   per_task/{reward, advantage_std, kl, clip_fraction, entropy,
-  logprob_mismatch, rows, tokens, beta, target_kl, budget, utility,
-  potential, progress, synergy}; `kl` is the mean per-token k3 estimate
+  logprob_mismatch, rows, tokens, beta (used in this step), next_beta,
+  target_kl, budget (of this step), utility, potential, progress, synergy
+  (after this step's update)}; `kl` is the mean per-token k3 estimate
   against the reference, `logprob_mismatch` the mean |log p_sampler - log
   p_trainer(old)| over completion tokens.
 """
