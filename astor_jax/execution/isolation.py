@@ -189,6 +189,10 @@ def enter_worker_namespaces(slot: int, spec: SandboxSpec) -> None:
   allows the mounts) and the root is built inside it.
   """
   paths = list(SYSTEM_PATHS) + interpreter_paths() + list(spec.read_only_paths)
+  hidden = [p for p in paths if p == "/tmp" or p.startswith("/tmp/")]
+  if hidden:
+    raise OSError(f"{hidden[0]} is under /tmp, which every job's private /tmp covers; "
+                  "install the interpreter (or pass read_only_paths) outside /tmp")
   if os.geteuid() == 0:
     linux.unshare(linux.CLONE_NEWNS)
     _build_root(*_open_sources(paths))

@@ -56,10 +56,11 @@ def _warn_once(reason: str) -> None:
       return
     _warned = True
   message = ("astor_jax.execution: jobs run without the sandbox's namespaces "
-             f"({reason}). Jobs still run with rlimits, a hard wall-clock kill of their "
-             "whole process tree, a scrubbed environment, a fresh working directory and "
-             "(when the pool runs as root) an unprivileged uid, but WITHOUT a private "
-             "/tmp, network isolation or a private process table. Pass "
+             f"({reason}). They still get rlimits, a hard wall-clock kill of their whole "
+             "process tree, a scrubbed environment and a fresh working directory, but NOT a "
+             "private /tmp, a private process table, a read-only view of the host or "
+             "network isolation; jobs run as an unprivileged uid only when the pool runs as "
+             "root, otherwise as your uid (able to signal your other processes). Pass "
              "isolation='rlimits' to silence this, or 'namespaces' to make it an error.")
   log.warning(message)
   warnings.warn(message, RuntimeWarning, stacklevel=3)

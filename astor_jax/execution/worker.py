@@ -284,9 +284,12 @@ class Worker:
           except ProcessLookupError:
             pass
       else:
-        for pid in _children():
+        # The program's own process group first (it is our unreaped child, so
+        # its pid, which is also the group id, cannot have been reused), then
+        # every child we have: orphans that left the group came back to us.
+        for kill, pid in [(os.killpg, program)] + [(os.kill, p) for p in _children()]:
           try:
-            os.kill(pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
           except ProcessLookupError:
             pass
 
@@ -438,7 +441,10 @@ def _force_rmtree(path: str) -> None:
     except OSError:
       pass
   for _ in range(3):
-    shutil.rmtree(path, onerror=fix)
+    if sys.version_info >= (3, 12):
+      shutil.rmtree(path, onexc=fix)
+    else:
+      shutil.rmtree(path, onerror=fix)
     if not os.path.lexists(path):
       return
 

@@ -15,7 +15,7 @@ import pytest
 
 from astor_jax.execution import ExecutionPool, Job, Limits
 from astor_jax.execution import pool as pool_module
-from tests.execution.conftest import SLACK_S, assert_no_strays
+from tests.execution.procs import SLACK_S, assert_no_strays
 
 
 @pytest.fixture(scope="module")

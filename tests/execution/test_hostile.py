@@ -20,7 +20,7 @@ import time
 import pytest
 
 from astor_jax.execution import ExecutionPool, Job, Limits, Result
-from tests.execution.conftest import SLACK_S, UID_BASE_NS, assert_no_strays
+from tests.execution.procs import SLACK_S, UID_BASE_NS, assert_no_strays
 
 DEADLINE = Limits(timeout_s=1.5, max_processes=32, memory_mb=256, max_file_mb=8,
                   max_disk_mb=16, max_open_files=64, max_output_bytes=1 << 16)

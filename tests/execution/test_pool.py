@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 
 from astor_jax.execution import ExecutionPool, Job, Limits
 from astor_jax.execution import pool as pool_module
-from tests.execution.conftest import UID_BASE_NS, assert_no_strays
+from tests.execution.procs import UID_BASE_NS, assert_no_strays
 
 
 def test_order_is_preserved_whatever_the_durations(ns_pool):
@@ -89,6 +91,12 @@ def test_preloaded_packages_import_in_the_sandbox(ns_pool):
   r = ns_pool.run([Job(src, files={"helper.py": helper})])[0]
   assert r.status == "ok", r.stderr
   assert json.loads(r.stdout) == [4, 1]
+
+
+def test_cpu_time_limit_is_a_timeout(ns_pool):
+  r = ns_pool.run([Job("while True:\n  pass\n", limits=Limits(timeout_s=20, cpu_s=1))])[0]
+  assert r.status == "timeout" and r.exit_code == -24  # SIGXCPU, well before the deadline
+  assert "CPU-time limit" in r.detail and 0.9 <= r.cpu_s and r.wall_s < 20
 
 
 def test_output_is_capped_and_flagged(ns_pool):
@@ -171,9 +179,11 @@ def _is_zombie_free(pid: int) -> bool:
 
 
 def test_default_workers_follow_the_config():
-  sys.path.insert(0, os.getcwd())
-  from configs.astor import get_config
-  config = get_config()
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "astor.py"
+  spec = importlib.util.spec_from_file_location("_astor_config_for_execution_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
   assert pool_module.DEFAULT_NUM_WORKERS == config.execution.num_workers
   with ExecutionPool.from_config(config.execution) as pool:
     assert pool.num_workers == config.execution.num_workers
