@@ -288,3 +288,24 @@ def test_toy_bandit_moves_budget_from_the_solved_task_to_the_learnable_one():
     assert budget[1] >= 6, budgets  # the learnable task takes most of the batch
   assert float(utility_state.potential[0]) == 0.0  # solved: no reward variance
   assert rewards_1[-1] > rewards_1[0]  # and the learnable task is being learned
+
+
+def test_check_batch_names_the_bad_field(setup):
+  batch = setup["batch"]
+  check_batch(batch, 4, 8)
+  bad = {
+      "Batch.rewards: dtype": batch._replace(rewards=batch.rewards.astype(np.float64)),
+      "Batch.task_ids: values": batch._replace(task_ids=batch.task_ids + 1),
+      "Batch.group_ids: values": batch._replace(group_ids=batch.group_ids + N),
+      "Batch.completion_mask: column 0": batch._replace(
+          completion_mask=batch.completion_mask | (np.arange(L) == 0)[None, :]
+          & batch.input_mask),
+      "Batch.completion_mask: marks pad": batch._replace(
+          completion_mask=batch.completion_mask | ~batch.input_mask),
+      "Batch.positions: shape": batch._replace(positions=batch.positions[:, 1:]),
+  }
+  for message, b in bad.items():
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+      check_batch(b, 4, 8)
+  with pytest.raises(ValueError, match="multiple of the 64 devices"):
+    check_batch(batch, 4, 64)
