@@ -19,7 +19,8 @@ or, for the train step, when the new parameters are ready):
             computed on the host meanwhile, then waited for;
   train     the jitted ASTOR train step (`make_train_step`) configured as plain
             GRPO: one task, the fixed calibrator (beta stays 0.04), one
-            minibatch.
+            minibatch, task-gradient synergy only at step 1 (where the step
+            always computes it; with one task it is wasted work).
 
 As in the peers (`num_iterations = 1`), no separate old-policy forward runs:
 the behaviour log-probs of the ratio are the sampler's raw-policy log-probs of
@@ -66,6 +67,9 @@ def grpo_config(*, prompts: int, group_size: int, new_tokens: int, prompt_len: i
                 beta: float = 0.04, learning_rate: float = 1e-4):
   """The job config of the peers' plain GRPO: one task, fixed beta, one AdamW step per batch.
 
+  Synergy (per-task gradient cosines) is pushed out of the steady steps: with
+  one task it measures nothing, and the peers do not compute it.
+
   Weight decay is optax.adamw's default (1e-4, what Tunix runs); gradients are
   clipped at global norm 1 (TRL's default `max_grad_norm`).
   """
@@ -75,6 +79,9 @@ def grpo_config(*, prompts: int, group_size: int, new_tokens: int, prompt_len: i
   c.astor.schedule = "uniform"
   c.astor.calibrate = False
   c.astor.init_beta = beta
+  # One task has no cross-task synergy; the step still computes it when
+  # utility step % interval == 0, so only step 1 pays for it (one extra pullback).
+  c.astor.synergy_interval = 1_000_000
   c.rl.batch_prompts = prompts
   c.rl.group_size = group_size
   c.rl.advantage = "grpo"
