@@ -17,15 +17,14 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from astor_jax.model.transformer import Transformer, causal_mask
+from astor_jax.model.transformer import Transformer, causal_mask, head_logits
 
 Array = jax.Array
 
 
-def _chunk_stats(model: Transformer, params: Any, hidden: Array,
-                 targets: Array) -> tuple[Array, Array]:
-  """(log p(target), entropy), each [B, C] float32, from hidden [B, C, D]."""
-  logits = model.apply({"params": params}, hidden, method=Transformer.logits_from_hidden)
+def _chunk_stats(head: Array, hidden: Array, targets: Array) -> tuple[Array, Array]:
+  """(log p(target), entropy), each [B, C] float32, from hidden [B, C, D], head [D, V]."""
+  logits = head_logits(hidden, head)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   probs = jnp.exp(logits - log_z[..., None])
@@ -61,13 +60,17 @@ def token_logprobs(model: Transformer, params: Any, tokens: Array, positions: Ar
   input_mask = input_mask.astype(bool)
   hidden, _ = model.apply({"params": params}, tokens, positions, causal_mask(input_mask),
                           method=Transformer.hidden_states)
+  # The head is read (and cast) once, outside the chunk loop: inside it, the
+  # rematerialized body would keep a copy per chunk for the backward pass.
+  head = model.apply({"params": params}, method=Transformer.head_weight)
+  head = head.astype(model.config.compute_jnp_dtype)
   hidden, targets = hidden[:, :-1], tokens[:, 1:]
   n = t - 1
   if n == 0:
     zeros = jnp.zeros((b, t), jnp.float32)
     return zeros, zeros
   if chunk_size == 0 or chunk_size >= n:
-    logprobs, entropy = _chunk_stats(model, params, hidden, targets)
+    logprobs, entropy = _chunk_stats(head, hidden, targets)
   else:
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n
@@ -78,7 +81,7 @@ def token_logprobs(model: Transformer, params: Any, tokens: Array, positions: Ar
 
     @jax.checkpoint
     def body(carry, xs):
-      return carry, _chunk_stats(model, params, *xs)
+      return carry, _chunk_stats(head, *xs)
 
     _, (logprobs, entropy) = jax.lax.scan(body, None, (hidden, targets))
     logprobs = logprobs.swapaxes(0, 1).reshape(b, -1)[:, :n]

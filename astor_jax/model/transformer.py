@@ -302,6 +302,20 @@ class DecoderLayer(nn.Module):
     return x, layer_cache
 
 
+def head_logits(hidden: Array, head: Array) -> Array:
+  """logits = hidden @ head in the head's dtype, accumulated and returned in float32.
+
+  Args:
+    hidden: [..., D].
+    head: [D, V] (already in the compute dtype).
+
+  Returns:
+    [..., V] float32.
+  """
+  return jnp.einsum("...d,dv->...v", hidden.astype(head.dtype), head,
+                    preferred_element_type=jnp.float32)
+
+
 _REMAT_POLICIES = {
     "full": None,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
@@ -397,10 +411,7 @@ class Transformer(nn.Module):
 
   def logits_from_hidden(self, hidden: Array) -> Array:
     """Logits [..., V] float32 from hidden states [..., D]."""
-    w = self.head_weight().astype(self.config.compute_jnp_dtype)
-    logits = jnp.einsum("...d,dv->...v", hidden.astype(w.dtype), w,
-                        preferred_element_type=jnp.float32)
-    return logits
+    return head_logits(hidden, self.head_weight().astype(self.config.compute_jnp_dtype))
 
   def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
                cache: Cache | None = None, cache_index: Array | None = None,
