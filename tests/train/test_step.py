@@ -247,6 +247,7 @@ def test_toy_bandit_moves_budget_from_the_solved_task_to_the_learnable_one():
   config.rl.batch_prompts, config.rl.group_size = BANDIT_P, BANDIT_G
   config.sampler.max_new_tokens = 1
   config.astor.synergy_weight = 0.0
+  config.astor.synergy_sketch_dim = 64  # the sketched synergy path of the step
   hp = hparams.astor_hparams(config)
   mesh = make_mesh(devices=jax.devices()[:1])
   optimizer = optax.sgd(2.0)
@@ -287,6 +288,9 @@ def test_toy_bandit_moves_budget_from_the_solved_task_to_the_learnable_one():
   for budget in budgets[1:]:
     assert budget[1] >= 6, budgets  # the learnable task takes most of the batch
   assert float(utility_state.potential[0]) == 0.0  # solved: no reward variance
+  # The solved task has no policy gradient, so its cosines are never observed.
+  np.testing.assert_array_equal(utility_state.synergy_seen, [[False, False], [False, True]])
+  np.testing.assert_allclose(utility_state.synergy[1, 1], 1.0, rtol=1e-5)
   assert rewards_1[-1] > rewards_1[0]  # and the learnable task is being learned
 
 
