@@ -27,7 +27,7 @@ def hf_model(arch: str):
     # llama3 RoPE scaling with a short original context so that all three
     # frequency bands (kept, interpolated, divided) occur for head_dim 16.
     return LlamaForCausalLM(LlamaConfig(
-        **COMMON, rope_theta=500_000.0, attention_bias=True, mlp_bias=True,
+        **COMMON, rope_theta=10_000.0, attention_bias=True, mlp_bias=True,
         tie_word_embeddings=False,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 32}))
