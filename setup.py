@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0,<2",
     "absl-py>=2.1,<3",
     "numpy>=1.26,<3",
+    "ml-dtypes>=0.4,<1",  # bfloat16 numpy views of safetensors (astor_jax/model/hf.py)
     "transformers>=4.50,<6",
     "tokenizers>=0.21,<0.24",
     "safetensors>=0.5,<0.9",
