@@ -18,7 +18,7 @@ from astor_jax.model import (
     make_mesh,
 )
 from astor_jax.model.sharding import logical_to_spec
-from astor_jax.model.transformer import rope_inv_freq
+from astor_jax.model.transformer import param_logical_axes, param_shapes, rope_inv_freq
 from tests.model.helpers import hf_model
 
 
@@ -107,6 +107,21 @@ def test_init_is_small_normal_with_unit_norms():
   np.testing.assert_array_equal(layer["input_layernorm"]["scale"], 1.0)
   np.testing.assert_array_equal(layer["self_attn"]["q_proj_bias"], 0.0)
   assert "lm_head" not in params  # tied
+
+
+def test_every_param_has_logical_axes():
+  config = get_preset("tiny_world").replace(qk_norm=True, model_type="qwen3",
+                                            attention_bias=False, tie_word_embeddings=False)
+  model = Transformer(config)
+  axes = param_logical_axes(model)
+  shapes = param_shapes(model)
+  flat_axes = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, P))
+  flat_shapes = jax.tree.leaves(shapes)
+  assert len(flat_axes) == len(flat_shapes) > 0
+  for names, shape in zip(flat_axes, flat_shapes):
+    assert len(names) == len(shape.shape) and all(isinstance(n, str) for n in names)
+  assert tuple(axes["lm_head"]) == ("embed", "vocab")
+  assert tuple(axes["layers_0"]["self_attn"]["q_norm"]["scale"]) == ("head_dim",)
 
 
 def test_masks():

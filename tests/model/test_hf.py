@@ -56,8 +56,15 @@ def test_bfloat16_load_and_save(hf_checkpoints, tmp_path):
   out = str(tmp_path / "bf16")
   hf.save_pretrained(out, model, params)
   _, params2, _ = hf.load_pretrained(out, dtype="bfloat16", load_tokenizer=False)
-  _, params32, _ = hf.load_pretrained(path, load_tokenizer=False)
+  model32, params32, _ = hf.load_pretrained(path, load_tokenizer=False)
   _tree_equal(params, params2)
+  # bf16 params and compute; logits stay float32 and close to the fp32 model's.
+  batch = [jnp.asarray(x) for x in padded_batch(6, "left")]
+  logits = forward(model, params, *batch)
+  assert logits.dtype == jnp.float32
+  ref = forward(model32, params32, *batch)
+  mask = np.asarray(batch[2])
+  assert np.abs(np.asarray(logits) - np.asarray(ref))[mask].max() < 0.1 * np.abs(ref).max()
   # bf16 storage is the fp32 weights rounded to nearest bf16.
   np.testing.assert_array_equal(
       np.asarray(params["embed_tokens"]),
