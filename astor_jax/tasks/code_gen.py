@@ -190,7 +190,8 @@ class CodeGenTask(Task):
       return zero(reason, passed=0.0, tests_passed=0.0, tests_total=float(expected))
     runs, why = harness.read_record(jobs[0], results[0])
     if runs is None:
-      return zero(why, passed=0.0, tests_passed=0.0, tests_total=float(expected))
+      return zero(why, passed=0.0, tests_passed=0.0, tests_total=float(expected),
+                  **harness.sandbox_flag(results[0]))
     run = runs[0]
     passed = run.all_passed(expected)
     n_ok = float(run.passed) if run.complete else 0.0

@@ -170,7 +170,7 @@ class CodeIOTask(Task):
       return zero(reason, correct=0.0)
     runs, why = harness.read_record(jobs[0], results[0])
     if runs is None:
-      return zero(why, correct=0.0)
+      return zero(why, correct=0.0, **harness.sandbox_flag(results[0]))
     run = runs[0]
     if run.all_passed(expected_tests=1):
       return Reward(1.0, {"correct": 1.0}, "correct")

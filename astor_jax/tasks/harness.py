@@ -153,3 +153,12 @@ def read_record(job: Job, result: Result) -> tuple[tuple[RunOutcome, ...] | None
   if result.stdout_truncated:
     return None, "the program printed more than the output limit"
   return None, "no signed result record (the runner did not finish)"
+
+
+def sandbox_flag(result: Result) -> dict[str, float]:
+  """`{"sandbox_error": 1.0}` when the sandbox itself failed (not the program's fault).
+
+  The reward is still 0, but the flag lets the training loop drop such rows
+  instead of teaching the policy from an infrastructure failure.
+  """
+  return {"sandbox_error": 1.0} if result.status == "sandbox_error" else {}

@@ -144,7 +144,7 @@ class TestGenTask(Task):
       return zero(reason, **_ZERO)
     runs, why = harness.read_record(jobs[0], results[0])
     if runs is None:
-      return zero(why, **_ZERO)
+      return zero(why, **_ZERO, **harness.sandbox_flag(results[0]))
     by_name = {r.name: r for r in runs}
     expected = count_tests({"code": tests, "kind": "functions"})
     original = by_name["original"]

@@ -8,7 +8,7 @@ from astor_jax.data import world
 from astor_jax.tasks import corpus
 from astor_jax.tasks.registry import TASKS, get_task
 
-SPEC = world.WorldSpec(seed=0, train_per_task=64, eval_per_task=16)
+SPEC = world.WorldSpec(seed=0, train_per_task=40, eval_per_task=16)
 MAX_PROMPT_TOKENS = 150
 MAX_ANSWER_TOKENS = 64
 
@@ -19,9 +19,18 @@ def tasks():
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tasks):
+def examples():
+  return {(name, split): world.examples(name, split, SPEC)
+          for name in TASKS for split in ("train", "test")}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tasks, examples):
+  """Trained like `corpus.train_tiny_world_tokenizer`, on a smaller world."""
   out = tmp_path_factory.mktemp("tokenizer")
-  corpus.train_tiny_world_tokenizer(tasks, SPEC, vocab_size=2048, out_dir=str(out))
+  train = [e for name in TASKS for e in examples[name, "train"]]
+  texts = [p + a for p, a in corpus.sft_pairs(tasks, train)]
+  tok.train_tokenizer(texts, vocab_size=2048, out_dir=str(out))
   return str(out)
 
 
@@ -43,11 +52,11 @@ def test_any_text_round_trips(saved, text):
   assert t.bos_token_id not in ids and t.eos_token_id not in ids
 
 
-def test_prompts_and_answers_fit_the_tiny_model(saved, tasks):
+def test_prompts_and_answers_fit_the_tiny_model(saved, tasks, examples):
   t = AutoTokenizer.from_pretrained(saved)
   for name in TASKS:
     for split in ("train", "test"):
-      for e in world.examples(name, split, SPEC):
+      for e in examples[name, split]:
         prompt = tasks[name].build_prompt(e)
         answer = tasks[name].reference_completion(e)
         assert len(t.encode(prompt, add_special_tokens=False)) <= MAX_PROMPT_TOKENS, prompt

@@ -183,3 +183,33 @@ def test_test_gen_rewards_mutation_kills_not_just_coverage(pool, tasks, tiny_exa
   assert weak.breakdown["line_coverage"] == 1.0
   assert weak.breakdown.get("mutation_score", 0.0) < 1.0
   assert 0.0 < weak.value < strong.value == 1.0
+
+
+def test_sandbox_failures_are_flagged(tasks, tiny_examples):
+  from astor_jax.execution import Result
+
+  failed = Result(status="sandbox_error", exit_code=None, stderr="worker died")
+  for name in ("code_io", "code_gen", "test_gen"):
+    example = tiny_examples[name][0]
+    completion = tasks[name].reference_completion(example)
+    jobs = tasks[name].make_jobs(example, completion)
+    reward = tasks[name].reward(example, completion, jobs, [failed])
+    assert reward.value == 0.0 and reward.breakdown["sandbox_error"] == 1.0
+    assert "sandbox_error" in reward.reason
+
+
+def test_make_tasks_follows_the_config():
+  from astor_jax.tasks import make_tasks, task_ids
+  from configs.astor import get_config
+
+  config = get_config("smoke")
+  config.tasks = ("commit_msg", "code_gen")
+  config.task_opts.code_gen_partial_credit = True
+  config.task_opts.commit_weights = (0.0, 1.0, 0.0)
+  config.execution.timeout_s = 1.5
+  made = make_tasks(config)
+  assert list(made) == ["commit_msg", "code_gen"]
+  assert task_ids(config.tasks) == {"commit_msg": 0, "code_gen": 1}
+  assert made["code_gen"].partial_credit and made["code_gen"].run_timeout_s == 1.5
+  assert made["code_gen"].limits.memory_mb == config.execution.memory_mb
+  assert made["commit_msg"].weights == (0.0, 1.0, 0.0)
