@@ -69,3 +69,14 @@ def test_kv_cache_prefill_then_single_tokens_equals_full_forward(arch, hf_checkp
   assert np.abs(cached - full)[mask].max() < 1e-5
   ref = torch_logits(torch_model, tokens, positions, mask)
   assert np.abs(cached - ref)[mask].max() < TOL
+
+
+def test_kv_cache_with_scanned_layers(hf_checkpoints):
+  path, torch_model = hf_checkpoints["qwen3"]
+  model, params, _ = hf.load_pretrained(path, load_tokenizer=False, scan_layers=True)
+  assert init_cache(model.config, 2, 5).k.shape == (2, 2, 2, 5, 24)  # [L, B, K, S, Dh]
+  tokens, positions, mask = padded_batch(8, "left")
+  cached = _decode_one_by_one(model, params, jnp.asarray(tokens), jnp.asarray(positions),
+                              mask, prefill=7)
+  ref = torch_logits(torch_model, tokens, positions, mask)
+  assert np.abs(cached - ref)[mask].max() < TOL
