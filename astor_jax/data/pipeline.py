@@ -21,8 +21,10 @@ Reading:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -30,9 +32,11 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from astor_jax.data import formats, world
 
+_LOG = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
 SPLITS = world.SPLITS
 _SPLIT_BUCKETS = {"train": range(0, 8), "validation": range(8, 10), "test": range(10, 12)}
@@ -53,6 +57,13 @@ class AstorExamples(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, examples_fn: Callable[[str], Iterable[Mapping[str, Any]]], **kwargs):
     self._examples_fn = examples_fn
     super().__init__(file_format="array_record", **kwargs)
+
+  # TFDS prints "Downloading and preparing ..." banners; nothing is downloaded here.
+  def _log_download_bytes(self) -> None:
+    _LOG.info("building %s in %s", self.builder_config.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    _LOG.info("built %s", self.builder_config.name)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -202,13 +213,26 @@ def builder_for(task: str, data_config, data_dir: str) -> AstorExamples:
   return AstorExamples(examples_fn=fn, config=config, data_dir=data_dir)
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS logs a warning per custom config and "downloading" notes; none apply here."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous)
+
+
 def task_sources(data_config, tasks: Sequence[str],
                  data_dir: str) -> dict[str, dict[str, ExampleSource]]:
   """Builds (once) and opens every task's splits: task -> split -> ExampleSource."""
   tfds.disable_progress_bar()
   out = {}
-  for task in tasks:
-    builder = builder_for(task, data_config, data_dir)
-    builder.download_and_prepare()
-    out[task] = {split: ExampleSource(builder.as_data_source(split=split)) for split in SPLITS}
+  with _quiet_tfds():
+    for task in tasks:
+      builder = builder_for(task, data_config, data_dir)
+      builder.download_and_prepare()
+      out[task] = {split: ExampleSource(builder.as_data_source(split=split))
+                   for split in SPLITS}
   return out

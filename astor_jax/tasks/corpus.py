@@ -38,3 +38,15 @@ def train_tiny_world_tokenizer(tasks_by_name: Mapping[str, Task], spec: world.Wo
                                vocab_size: int, out_dir: str | None = None):
   """Trains (and saves, with `out_dir`) the tiny world's tokenizer."""
   return train_tokenizer(tokenizer_texts(tasks_by_name, spec), vocab_size, out_dir)
+
+
+def train_tokenizer_on(tasks_by_name: Mapping[str, Task], examples: Sequence[Example],
+                       vocab_size: int, out_dir: str | None = None):
+  """Trains a tokenizer on the prompts and answers of given (training) examples.
+
+  Same result as `train_tiny_world_tokenizer` when `examples` is the tiny
+  world's training split, without generating it again (e.g. read from the
+  TFDS sources).
+  """
+  texts = (p + a for p, a in sft_pairs(tasks_by_name, examples))
+  return train_tokenizer(texts, vocab_size, out_dir)
