@@ -127,9 +127,10 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.nd
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW under warmup + cosine decay (module doc); reads the `sft` fields."""
   s = config.sft
+  steps = max(s.steps, 1)
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=s.learning_rate, warmup_steps=min(s.warmup_steps, s.steps),
-      decay_steps=max(s.steps, 1), end_value=0.1 * s.learning_rate)
+      init_value=0.0, peak_value=s.learning_rate, warmup_steps=min(s.warmup_steps, steps - 1),
+      decay_steps=steps, end_value=0.1 * s.learning_rate)
   return optax.chain(optax.clip_by_global_norm(1.0),
                      optax.adamw(schedule, weight_decay=0.01))
 

@@ -1,0 +1,230 @@
+"""The training loop: exact resume after preemption and after kill -9 mid-save, guards, config.
+
+One straight run and one interrupted run of a tiny job (2 tasks, 4 RL steps of
+4 prompts x 2 rollouts on the 8 fake devices) are shared by the tests of this
+module. The interrupted run is stopped by SIGTERM after step 3 (it saves and
+returns), resumed in a child process that is killed with SIGKILL while its
+step-4 checkpoint is being committed, and resumed once more to the end. Its
+metrics and final state must equal the straight run's bit for bit.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from astor_jax import config as config_lib
+from astor_jax.train import checkpoint as ckpt_lib
+from astor_jax.train import loop, observe
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 4
+# Scalars that measure time, not results.
+_TIMING = ("time/", "tokens_per_s")
+
+
+def tiny_config(shared_dir: str):
+  """The smallest job that still runs every part of the RL path."""
+  spec = importlib.util.spec_from_file_location("_astor_config",
+                                                os.path.join(REPO, "configs", "astor.py"))
+  astor = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(astor)
+  c = astor.get_config("smoke")
+  c.tasks = ("code_io", "commit_msg")
+  c.astor.curriculum_order = c.tasks
+  c.phases = ("sft", "rl")
+  c.data.train_per_task = 16
+  c.data.eval_per_task = 4
+  c.data.vocab_size = 512
+  c.data.data_dir = os.path.join(shared_dir, "tfds")
+  c.sampler.max_new_tokens = 12
+  c.rl.steps = STEPS
+  c.rl.batch_prompts = 4
+  c.rl.group_size = 2
+  c.astor.synergy_interval = 2
+  c.sft.steps = 4
+  c.sft.batch_size = 8
+  c.sft.cache_dir = os.path.join(shared_dir, "sft")
+  c.checkpoint.every_steps = 2
+  c.checkpoint.keep_last = 2
+  c.checkpoint.keep_best = 1
+  c.log.progress_bar = False
+  return c
+
+
+def _rl_records(workdir: str):
+  records = [r for r in observe.read_metrics(os.path.join(workdir, observe.METRICS_FILE))
+             if r["phase"] == "rl"]
+  return [{k: v for k, v in r.items() if not k.startswith(_TIMING)} for r in records]
+
+
+def _final_state(workdir: str):
+  directory = os.path.join(workdir, loop.CHECKPOINT_DIR)
+  with ckpt_lib.Checkpointer(directory, keep_last=2) as ckpt:
+    step = ckpt.latest_step()
+    path = os.path.join(directory, str(step), "state")
+  import orbax.checkpoint as ocp
+
+  return step, ocp.StandardCheckpointer().restore(path)
+
+
+# The child resumes the interrupted run and hangs when orbax is about to commit
+# the step-4 checkpoint (every file written, the atomic rename not yet done);
+# the parent then kills it with SIGKILL.
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from orbax.checkpoint._src.path import atomicity
+    from tests.train.test_loop import tiny_config
+    from astor_jax.train import loop
+
+    shared, workdir, marker = sys.argv[1:4]
+    commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize_then_hang(self):
+      final = self.get_final()
+      if final.name == "4" and final.parent.name == "checkpoints":
+        open(marker, "w").close()
+        time.sleep(600)
+      await commit(self)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize_then_hang
+    loop.train(tiny_config(shared), workdir)
+""")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  shared = str(tmp_path_factory.mktemp("shared"))
+  straight = str(tmp_path_factory.mktemp("straight"))
+  interrupted = str(tmp_path_factory.mktemp("interrupted"))
+  config = tiny_config(shared)
+
+  outcome_straight = loop.train(config, straight)
+
+  # 1. SIGTERM right after step 3 is logged: the guard turns it into a clean stop.
+  real_write = observe.MetricWriter.write
+
+  def write_then_preempt(self, phase, step, scalars):
+    real_write(self, phase, step, scalars)
+    if phase == "rl" and step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  observe.MetricWriter.write = write_then_preempt
+  try:
+    outcome_preempted = loop.train(config, interrupted)
+  finally:
+    observe.MetricWriter.write = real_write
+  steps_after_preemption = ckpt_lib.Checkpointer(
+      os.path.join(interrupted, loop.CHECKPOINT_DIR), keep_last=2).all_steps()
+
+  # 2. A resumed child killed with SIGKILL while committing its step-4 checkpoint.
+  marker = os.path.join(shared, "in_save")
+  child = subprocess.Popen([sys.executable, "-c", _CHILD, shared, interrupted, marker],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  try:
+    while not os.path.exists(marker):
+      if child.poll() is not None:
+        pytest.fail("child ended before its step-4 save: " + child.stdout.read().decode())
+      time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+  finally:
+    child.wait()
+    child.stdout.close()
+  leftovers = os.listdir(os.path.join(interrupted, loop.CHECKPOINT_DIR))
+  records_at_kill = _rl_records(interrupted)
+
+  # 3. Resume to the end.
+  outcome_resumed = loop.train(config, interrupted)
+  return dict(straight=straight, interrupted=interrupted, config=config,
+              outcome_straight=outcome_straight, outcome_preempted=outcome_preempted,
+              outcome_resumed=outcome_resumed, steps_after_preemption=steps_after_preemption,
+              child_returncode=child.returncode, leftovers=leftovers,
+              records_at_kill=records_at_kill)
+
+
+def test_straight_run_finishes_with_finite_metrics(runs):
+  assert runs["outcome_straight"].finished and runs["outcome_straight"].rl_step == STEPS
+  records = _rl_records(runs["straight"])
+  assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+  for r in records:
+    assert np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) and r["skipped"] == 0.0
+    assert r["budget/code_io"] + r["budget/commit_msg"] == 4
+    assert 0.0 <= r["reward"] <= 1.0
+
+
+def test_sigterm_saves_and_stops_between_steps(runs):
+  outcome = runs["outcome_preempted"]
+  assert not outcome.finished
+  assert (outcome.stop_reason, outcome.signal, outcome.rl_step) == ("SIGTERM", signal.SIGTERM, 3)
+  # Step 2 is a regular checkpoint, step 3 the one written on the way out.
+  assert runs["steps_after_preemption"] == [2, 3]
+
+
+def test_kill_9_during_save_leaves_the_last_complete_checkpoint(runs):
+  assert runs["child_returncode"] == -signal.SIGKILL
+  assert sorted(n for n in runs["leftovers"] if n.isdigit()) == ["2", "3"]
+  assert any("tmp" in n for n in runs["leftovers"]), "the kill did not land inside the save"
+  # The killed child had logged step 4; the resumed run replaced that record.
+  assert [r["step"] for r in runs["records_at_kill"]] == [1, 2, 3, 4]
+
+
+def test_resumed_run_equals_straight_run_bitwise(runs):
+  assert runs["outcome_resumed"].finished and runs["outcome_resumed"].rl_step == STEPS
+  assert _rl_records(runs["interrupted"]) == _rl_records(runs["straight"])
+  step_a, state_a = _final_state(runs["straight"])
+  step_b, state_b = _final_state(runs["interrupted"])
+  assert step_a == step_b == STEPS
+  leaves_a, tree_a = jax.tree.flatten(state_a)
+  leaves_b, tree_b = jax.tree.flatten(state_b)
+  assert tree_a == tree_b
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Training changed the policy: the equality above is not two untouched copies.
+  with ckpt_lib.Checkpointer(runs["config"].sft.cache_dir, keep_last=1) as sft_ckpt:
+    sft_state = ocp_restore(os.path.join(runs["config"].sft.cache_dir,
+                                         str(sft_ckpt.latest_step()), "state"))
+  changed = jax.tree.map(lambda x, y: not np.array_equal(x, y),
+                         sft_state["params"], state_a["train"]["params"])
+  assert any(jax.tree.leaves(changed))
+
+
+def ocp_restore(path):
+  import orbax.checkpoint as ocp
+
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def test_restart_of_a_finished_run_does_no_work(runs):
+  before = _rl_records(runs["straight"])
+  outcome = loop.train(runs["config"], runs["straight"])
+  assert outcome.finished and outcome.rl_step == STEPS
+  assert _rl_records(runs["straight"]) == before
+
+
+def test_resume_with_a_result_changing_field_is_refused(runs):
+  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
+  config.rl.learning_rate = 1e-3
+  with pytest.raises(config_lib.ConfigError, match=r"config\.rl\.learning_rate: .*--workdir"):
+    loop.check_resume_config(config, runs["straight"])
+  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
+  config.rl.steps = 10  # extending a run is allowed
+  loop.check_resume_config(config, runs["straight"])
+
+
+def test_reward_reasons_are_counted(runs):
+  path = os.path.join(runs["straight"], "results", loop.REASONS_FILE)
+  with open(path) as f:
+    reasons = json.load(f)
+  assert reasons["rl_step"] == STEPS
+  zero_rows = sum(r["zero_reward/code_io"] + r["zero_reward/commit_msg"]
+                  for r in _rl_records(runs["straight"]))
+  counted = sum(sum(c.values()) for c in reasons["zero_reward_reasons"].values())
+  assert counted == zero_rows
