@@ -37,13 +37,15 @@ class Limits:
     memory_mb: address-space limit per process (RLIMIT_AS). It includes the
       warm interpreter the program is forked from (a few tens of MB).
     max_processes: processes plus threads the job may have at once
-      (RLIMIT_NPROC in the job's own user namespace).
+      (RLIMIT_NPROC, counted in the job's own user namespace; in rlimits mode
+      it counts per host uid, and does not bind jobs that run as root).
     max_file_mb: largest file the job may write (RLIMIT_FSIZE).
     max_open_files: open file descriptors per process (RLIMIT_NOFILE).
     max_output_bytes: cap on stdout and on stderr, each. A job that writes
       more is killed at once: status `output_limit`, output truncated to the cap.
     max_disk_mb: size of the job's private /tmp (its working directory lives
-      there). Its stdin and extra files must fit in it too.
+      there; namespaces mode, where rlimits mode only has max_file_mb per file).
+      Its stdin and extra files must fit in it too.
   """
 
   timeout_s: float = 10.0

@@ -6,7 +6,9 @@ memory). It imports the sandbox code and the `preload` modules once, checks
 whether this host allows namespaces by running one real job, then forks a
 worker whenever the pool asks (at start, and to replace a dead one). Workers
 inherit the warm interpreter, and each job is forked from its worker, so a job
-costs a few forks instead of an interpreter start.
+costs one fork instead of an interpreter start. Before serving, the server
+freezes its heap for the garbage collector (`gc.freeze`), so that collections
+in workers and jobs never write to the pages they share with it.
 
 Protocol on the control socket (SOCK_SEQPACKET, see protocol.py):
   pool -> server  ("init", options)               once
@@ -14,7 +16,9 @@ Protocol on the control socket (SOCK_SEQPACKET, see protocol.py):
                                                   weak: jobs run as capless root
   pool -> server  ("spawn", slot) + [socket fd]   any number of times
   server -> pool  ("spawned", slot, pid)
-The server exits when the pool closes the socket; its workers die with it.
+The server exits when the pool closes the socket. A worker exits when its own
+socket closes (the pool closes it, or the pool's process died), at the latest
+when its current job's deadline has passed.
 """
 
 from __future__ import annotations
