@@ -6,7 +6,7 @@ import pytest
 
 from astor_jax.data import programs, world
 
-SPEC = world.WorldSpec(seed=5, train_per_task=24, eval_per_task=8)
+SPEC = world.WorldSpec(seed=5, train_per_task=16, eval_per_task=8)
 
 
 @pytest.fixture(scope="module")
