@@ -337,14 +337,22 @@ def load_tokenizer_from(path: str):
   return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def _to_host(value: jax.Array) -> np.ndarray:
+  """The full value on this host; across processes when the array spans several."""
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+  return np.asarray(jax.device_get(value))
+
+
 def _hf_tensors(model: Transformer, params: Any) -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, host array) pairs, one tensor at a time."""
   for p, value in _flat_paths(params):
     if model.config.scan_layers and p[0] == "layers":
       for i in range(value.shape[0]):
-        yield _hf_name(p, i), _to_hf(p, np.asarray(jax.device_get(value[i])))
+        yield _hf_name(p, i), _to_hf(p, _to_host(value[i]))
     else:
-      yield _hf_name(p), _to_hf(p, np.asarray(jax.device_get(value)))
+      yield _hf_name(p), _to_hf(p, _to_host(value))
 
 
 def save_pretrained(path: str, model: Transformer, params: Any, tokenizer: Any = None,
@@ -355,10 +363,11 @@ def save_pretrained(path: str, model: Transformer, params: Any, tokenizer: Any =
   dtype as `model.safetensors` or, above `max_shard_bytes`, as
   `model-0000k-of-0000n.safetensors` shards with `model.safetensors.index.json`,
   and the tokenizer's files when one is given. At most one shard is held on the
-  host at a time.
+  host at a time. With several processes (jax.distributed) every process must
+  call this (tensors are gathered collectively); only process 0 writes.
 
   Args:
-    path: output directory (created).
+    path: output directory (created; old weight files in it are replaced).
     model: the Transformer.
     params: its params (possibly sharded; gathered tensor by tensor).
     tokenizer: a transformers tokenizer or None.
@@ -372,15 +381,17 @@ def save_pretrained(path: str, model: Transformer, params: Any, tokenizer: Any =
   if got != want:
     raise CheckpointError("params: do not match model.config (different tree or shapes); "
                           "save the params that belong to this model")
-  os.makedirs(path, exist_ok=True)
-  for stale in os.listdir(path):
-    if stale.endswith(".safetensors") or stale == INDEX_FILE:
-      os.remove(os.path.join(path, stale))
-  dtype_name = np.dtype(jax.tree.leaves(params)[0].dtype).name
-  hf_config = model.config.to_hf_config()
-  hf_config["torch_dtype"] = hf_config["dtype"] = dtype_name
-  with open(os.path.join(path, CONFIG_FILE), "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
+  writer = jax.process_index() == 0
+  if writer:
+    os.makedirs(path, exist_ok=True)
+    for stale in os.listdir(path):
+      if stale.endswith(".safetensors") or stale == INDEX_FILE:
+        os.remove(os.path.join(path, stale))
+    dtype_name = np.dtype(jax.tree.leaves(params)[0].dtype).name
+    hf_config = model.config.to_hf_config()
+    hf_config["torch_dtype"] = hf_config["dtype"] = dtype_name
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
 
   tmp_names: list[str] = []
   weight_map: dict[str, int] = {}
@@ -388,7 +399,8 @@ def save_pretrained(path: str, model: Transformer, params: Any, tokenizer: Any =
 
   def flush():
     name = f"shard-{len(tmp_names):05d}.tmp"
-    save_file(current, os.path.join(path, name), metadata={"format": "pt"})
+    if writer:
+      save_file(current, os.path.join(path, name), metadata={"format": "pt"})
     tmp_names.append(name)
 
   for name, array in _hf_tensors(model, params):
@@ -400,6 +412,8 @@ def save_pretrained(path: str, model: Transformer, params: Any, tokenizer: Any =
     size += array.nbytes
     total += array.nbytes
   flush()
+  if not writer:
+    return
   n = len(tmp_names)
   if n == 1:
     os.replace(os.path.join(path, tmp_names[0]), os.path.join(path, SINGLE_FILE))
