@@ -36,12 +36,14 @@ the steady step is the mean of steps 2..N. Peak RSS is the process's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import pathlib
 import resource
 import statistics
 import time
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -111,6 +113,120 @@ def steady(xs: list[float]) -> dict:
           "all": [round(x, 4) for x in xs]}
 
 
+@dataclasses.dataclass
+class Setup:
+  """Everything one GRPO workload runs with, built as the training loop builds it."""
+
+  workload: str
+  config: Any
+  model: Any
+  mesh: Any
+  tokenizer: Any
+  prompt_ids: list
+  sampler: Any
+  stop: Any
+  train_step: Any
+  logprob_fn: Any
+  train_state: Any
+  utility_state: Any
+  ref_params: Any
+  rollout_key: Any
+  prompts: int
+  group_size: int
+  new_tokens: int
+  n_params: int
+
+
+def build(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
+          new_tokens: int | None = None, layers: int | None = None, prompt_len: int = 16,
+          seed: int = 0) -> Setup:
+  """Model, states, sampler, log-prob fn and train step of `workload` (args as in `run`)."""
+  import jax
+
+  from astor_jax.astor import utility as utility_lib
+  from astor_jax.astor.hparams import astor_hparams
+  from astor_jax.model import Transformer, get_preset, init_params, make_mesh, param_shardings
+  from astor_jax.rollout.sampler import Sampler, StopCondition
+  from astor_jax.train import state as state_lib
+  from astor_jax.train import step as step_lib
+  from bench import toy
+
+  preset, default_new_tokens = WORKLOADS[workload]
+  new_tokens = new_tokens or default_new_tokens
+  config = grpo_config(prompts=prompts, group_size=group_size, new_tokens=new_tokens,
+                       prompt_len=prompt_len)
+  overrides = {} if layers is None else {"num_layers": layers}
+  model = Transformer(get_preset(preset, **overrides))
+  mesh = make_mesh()
+  key = jax.random.PRNGKey(seed)  # raw uint32 keys, as the loop uses
+  init_key, rollout_key, train_key, schedule_key = jax.random.split(key, 4)
+  params = init_params(model, init_key, mesh)
+  # The frozen reference: the same weights in their own buffers (the step donates the policy's).
+  ref_params = jax.tree.map(lambda x: x.copy(), params)
+
+  tokenizer = toy.build_tokenizer(model.config.vocab_size)
+  texts = toy.make_prompts(prompts * (steps + 2), model.config.vocab_size,
+                           max_len=prompt_len - 1)
+  prompt_ids = toy.encode_prompts(tokenizer, texts)
+  sampler = Sampler(model, max_new_tokens=new_tokens, prompt_buckets=(prompt_len,),
+                    pad_id=toy.PAD_ID, mesh=mesh)
+  # Placed as the training loop places them (astor_jax/train/loop.py, RLPhase).
+  optimizer = state_lib.make_optimizer(config)
+  params_sharding = param_shardings(model, mesh)
+  state_sharding = state_lib.state_sharding(params_sharding, optimizer, params, mesh)
+  hp = astor_hparams(config)
+  return Setup(
+      workload=workload, config=config, model=model, mesh=mesh, tokenizer=tokenizer,
+      prompt_ids=prompt_ids, sampler=sampler, stop=StopCondition(eos_ids=(toy.EOS_ID,)),
+      train_step=step_lib.make_train_step(model, optimizer, config, mesh,
+                                          state_sharding=state_sharding),
+      logprob_fn=step_lib.make_logprob_fn(model, config, mesh,
+                                          params_sharding=params_sharding),
+      train_state=state_lib.create_sharded(params, optimizer, train_key, state_sharding),
+      utility_state=step_lib.place_utility_state(
+          utility_lib.init([len(prompt_ids)], hp, schedule_key), mesh),
+      ref_params=ref_params, rollout_key=rollout_key, prompts=prompts,
+      group_size=group_size, new_tokens=new_tokens,
+      n_params=int(sum(x.size for x in jax.tree.leaves(params))))
+
+
+def rollout(s: Setup, step: int):
+  """Samples step `step`'s prompts; (host rows, lengths, completion texts)."""
+  import jax
+
+  from astor_jax.rollout.rows import to_batch_rows
+
+  batch_prompts = s.prompt_ids[step * s.prompts:(step + 1) * s.prompts]
+  out = s.sampler(s.train_state.params, batch_prompts, jax.random.fold_in(s.rollout_key, step),
+                  group_size=s.group_size, temperature=1.0, top_p=1.0, stop=s.stop)
+  rows = jax.device_get(to_batch_rows(out, s.group_size))
+  tokens, lengths = jax.device_get((out.tokens, out.lengths))
+  completions = s.tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)],
+                                         skip_special_tokens=True)
+  return rows, lengths, completions
+
+
+def device_batch(s: Setup, rows: dict, step: int):
+  """The train batch of a rollout on the mesh (rewards and reference log-probs still 0).
+
+  The behaviour log-probs are the sampler's (module doc).
+  """
+  import numpy as np
+
+  from astor_jax.train.batch import Batch, as_device_batch
+
+  n = s.prompts * s.group_size
+  return as_device_batch(Batch(
+      tokens=rows["tokens"], positions=rows["positions"], input_mask=rows["input_mask"],
+      completion_mask=rows["completion_mask"], task_ids=np.zeros((n,), np.int32),
+      group_ids=rows["group_ids"],
+      prompt_ids=np.repeat(np.arange(step * s.prompts, (step + 1) * s.prompts, dtype=np.int32),
+                           s.group_size),
+      rewards=np.zeros((n,), np.float32), old_logprobs=rows["sampler_logprobs"],
+      ref_logprobs=np.zeros_like(rows["sampler_logprobs"]),
+      sampler_logprobs=rows["sampler_logprobs"], row_mask=np.ones((n,), bool)), s.mesh)
+
+
 def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
         new_tokens: int | None = None, layers: int | None = None, prompt_len: int = 16,
         seed: int = 0) -> dict:
@@ -134,85 +250,29 @@ def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
   import jax
   import numpy as np
 
-  from astor_jax.astor import utility as utility_lib
-  from astor_jax.astor.hparams import astor_hparams
-  from astor_jax.model import Transformer, get_preset, init_params, make_mesh, param_shardings
-  from astor_jax.rollout.rows import to_batch_rows
-  from astor_jax.rollout.sampler import Sampler, StopCondition
-  from astor_jax.train import state as state_lib
-  from astor_jax.train import step as step_lib
-  from astor_jax.train.batch import Batch, as_device_batch
   from bench import toy
 
-  preset, default_new_tokens = WORKLOADS[workload]
-  new_tokens = new_tokens or default_new_tokens
-  config = grpo_config(prompts=prompts, group_size=group_size, new_tokens=new_tokens,
-                       prompt_len=prompt_len)
-  overrides = {} if layers is None else {"num_layers": layers}
-  model = Transformer(get_preset(preset, **overrides))
-  mesh = make_mesh()
-  key = jax.random.PRNGKey(seed)  # raw uint32 keys, as the loop uses
-  init_key, rollout_key, train_key, schedule_key = jax.random.split(key, 4)
-  params = init_params(model, init_key, mesh)
-  # The frozen reference: the same weights in their own buffers (the step donates the policy's).
-  ref_params = jax.tree.map(lambda x: x.copy(), params)
-  n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-
-  tokenizer = toy.build_tokenizer(model.config.vocab_size)
-  texts = toy.make_prompts(prompts * (steps + 2), model.config.vocab_size,
-                           max_len=prompt_len - 1)
-  prompt_ids = toy.encode_prompts(tokenizer, texts)
-  sampler = Sampler(model, max_new_tokens=new_tokens, prompt_buckets=(prompt_len,),
-                    pad_id=toy.PAD_ID, mesh=mesh)
-  stop = StopCondition(eos_ids=(toy.EOS_ID,))
-  # Placed as the training loop places them (astor_jax/train/loop.py, RLPhase).
-  optimizer = state_lib.make_optimizer(config)
-  params_sharding = param_shardings(model, mesh)
-  state_sharding = state_lib.state_sharding(params_sharding, optimizer, params, mesh)
-  train_state = state_lib.create_sharded(params, optimizer, train_key,
-                                         state_sharding)
-  hp = astor_hparams(config)
-  utility_state = step_lib.place_utility_state(
-      utility_lib.init([len(prompt_ids)], hp, schedule_key), mesh)
-  train_step = step_lib.make_train_step(model, optimizer, config, mesh,
-                                        state_sharding=state_sharding)
-  logprob_fn = step_lib.make_logprob_fn(model, config, mesh, params_sharding=params_sharding)
-
-  rows_total = prompts * group_size
+  s = build(workload, steps=steps, prompts=prompts, group_size=group_size,
+            new_tokens=new_tokens, layers=layers, prompt_len=prompt_len, seed=seed)
   times = {"step": [], **{p: [] for p in PHASES}}
   tokens_per_step, reward_per_step, kl_per_step = [], [], []
   for step in range(steps):
-    batch_prompts = prompt_ids[step * prompts:(step + 1) * prompts]
     start = time.perf_counter()
     # ---- rollout: sample, build rows, bring tokens to the host as text
-    out = sampler(train_state.params, batch_prompts, jax.random.fold_in(rollout_key, step),
-                  group_size=group_size, temperature=1.0, top_p=1.0, stop=stop)
-    rows = jax.device_get(to_batch_rows(out, group_size))
-    tokens, lengths = jax.device_get((out.tokens, out.lengths))
-    completions = tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)],
-                                         skip_special_tokens=True)
+    rows, lengths, completions = rollout(s, step)
     rollout_done = time.perf_counter()
     # ---- reference log-probs on the device, reward on the host meanwhile
-    zeros = np.zeros_like(rows["sampler_logprobs"])
-    batch = as_device_batch(Batch(
-        tokens=rows["tokens"], positions=rows["positions"], input_mask=rows["input_mask"],
-        completion_mask=rows["completion_mask"],
-        task_ids=np.zeros((rows_total,), np.int32), group_ids=rows["group_ids"],
-        prompt_ids=np.repeat(np.arange(step * prompts, (step + 1) * prompts, dtype=np.int32),
-                             group_size),
-        rewards=np.zeros((rows_total,), np.float32),
-        old_logprobs=rows["sampler_logprobs"], ref_logprobs=zeros,
-        sampler_logprobs=rows["sampler_logprobs"],
-        row_mask=np.ones((rows_total,), bool)), mesh)
-    ref = logprob_fn(ref_params, batch)
+    batch = device_batch(s, rows, step)
+    ref = s.logprob_fn(s.ref_params, batch)
     rewards = np.asarray(toy.target_fraction_reward(completions), np.float32)
     ref = jax.block_until_ready(ref)
     ref_done = time.perf_counter()
     # ---- train: the jitted step, done when the new params exist
     batch = batch._replace(rewards=jax.device_put(rewards, batch.rewards.sharding),
                            ref_logprobs=ref)
-    train_state, utility_state, metrics = train_step(train_state, utility_state, batch)
-    jax.block_until_ready(train_state.params)
+    s.train_state, s.utility_state, metrics = s.train_step(s.train_state, s.utility_state,
+                                                           batch)
+    jax.block_until_ready(s.train_state.params)
     end = time.perf_counter()
     metrics = jax.device_get(metrics)
     times["rollout"].append(rollout_done - start)
@@ -232,11 +292,11 @@ def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
       "framework": "astor_jax",
       "workload": workload,
       "versions": {"jax": jax.__version__},
-      "config": {"preset": preset, "layers": model.config.num_layers, "steps": steps,
-                 "prompts_per_step": prompts, "G": group_size, "new_tokens": new_tokens,
-                 "max_prompt_len": prompt_len, "beta": 0.04, "clip_eps": 0.2,
-                 "learning_rate": 1e-4},
-      "n_params": n_params,
+      "config": {"preset": WORKLOADS[workload][0], "layers": s.model.config.num_layers,
+                 "steps": steps, "prompts_per_step": prompts, "G": group_size,
+                 "new_tokens": s.new_tokens, "max_prompt_len": prompt_len, "beta": 0.04,
+                 "clip_eps": 0.2, "learning_rate": 1e-4},
+      "n_params": s.n_params,
       "global_step_s": steady(times["step"]),
       "generate_s": steady(times["rollout"]),
       "ref_logps_s": steady(times["ref"]),
@@ -245,9 +305,9 @@ def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
       "rollout_tokens_per_s_steady": round(steady_tokens / steady_rollout, 1),
       "mean_reward_per_step": [round(r, 4) for r in reward_per_step],
       "kl_per_step": [round(k, 6) for k in kl_per_step],
-      "compiled_programs": {"sampler": sampler._generate._cache_size(),  # noqa: SLF001
-                            "train_step": train_step._cache_size(),  # noqa: SLF001
-                            "logprob_fn": logprob_fn._cache_size()},  # noqa: SLF001
+      "compiled_programs": {"sampler": s.sampler._generate._cache_size(),  # noqa: SLF001
+                            "train_step": s.train_step._cache_size(),  # noqa: SLF001
+                            "logprob_fn": s.logprob_fn._cache_size()},  # noqa: SLF001
       "peak_rss_mb": round(peak_rss_mb(), 1),
   }
 

@@ -261,6 +261,21 @@ def scaling_section(scaling: dict) -> str:
   return "\n".join(lines)
 
 
+def programs_section(programs: dict) -> str:
+  """Compile and call times of each program of our GRPO step (`bench.programs`)."""
+  if not programs:
+    return ""
+  lines = ["| workload | program | compile (s) | compile CPU (s) | first call (s) | "
+           "call (s) | call CPU (s) | GFLOP (XLA) |", "|---|---|---|---|---|---|---|---|"]
+  for workload, record in programs.items():
+    for name, p in record.get("programs", {}).items():
+      lines.append(f"| {workload} | {name} | {_fmt(p.get('compile_s'), 2)} | "
+                   f"{_fmt(p.get('compile_cpu_s'), 2)} | {_fmt(p.get('first_call_s'), 3)} | "
+                   f"{_fmt(p.get('call_s'))} | {_fmt(p.get('call_cpu_s'))} | "
+                   f"{_fmt(p.get('gflops'), 2) if p.get('gflops') else ''} |")
+  return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
   """The Markdown summary of a results file (what `bench.run` writes next to the JSON)."""
   meta = result.get("meta", {})
@@ -277,6 +292,11 @@ def markdown(result: dict) -> str:
   section = astor_section(ours.get("astor"))
   if section:
     parts += ["## Full ASTOR step (tiny world, loop phase timers)", "", section, ""]
+  section = programs_section(ours.get("programs"))
+  if section:
+    parts += ["## Programs of our GRPO step, each on its own (`bench/programs.py`)", "",
+              "The train step's GFLOP count both branches of its synergy `lax.cond`; "
+              "steady steps run the cheap one.", "", section, ""]
   section = scaling_section(ours.get("scaling"))
   if section:
     parts += ["## Scaling of our GRPO step (from the `tiny` workload)", "", section, ""]

