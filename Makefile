@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check astor_jax configs tests bench
 
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
