@@ -96,7 +96,7 @@ def test_preloaded_packages_import_in_the_sandbox(ns_pool):
 def test_cpu_time_limit_is_a_timeout(ns_pool):
   r = ns_pool.run([Job("while True:\n  pass\n", limits=Limits(timeout_s=20, cpu_s=1))])[0]
   assert r.status == "timeout" and r.exit_code == -24  # SIGXCPU, well before the deadline
-  assert "CPU-time limit" in r.detail and 0.9 <= r.cpu_s and r.wall_s < 20
+  assert "CPU-time limit" in r.detail and r.cpu_s > 0.5 and r.wall_s < 20
 
 
 def test_output_is_capped_and_flagged(ns_pool):
