@@ -12,11 +12,13 @@ Two choices that matter for speed on CPU, where a full vocabulary sort or
   order-preserving integer image of the logits (exactly 32 halvings of a
   `[rows, vocab]` count or masked sum), not by sorting. Tokens tied with the
   cut-off logit are all kept (a sort would break the tie by index).
-- Tokens are drawn by inverse-CDF sampling (one uniform per row and one
-  cumulative sum), which is exact categorical sampling.
+- Tokens are drawn by inverse-CDF sampling (one uniform per row, two short
+  cumulative sums), which is exact categorical sampling.
 """
 
 from __future__ import annotations
+
+import math
 
 import chex
 import jax
@@ -82,36 +84,71 @@ def top_k_top_p_keep(scaled_logits: jax.Array, top_k: jax.Array,
 
   k = jnp.where((top_k <= 0) | (top_k >= vocab), vocab, top_k)
   count_at_least = lambda t: jnp.sum(keys >= t[:, None], axis=-1) >= k
-  k_cut = _largest_key(lo, hi_exclusive, count_at_least)
+  # Each search runs only when some row uses it (top-p alone is the common case).
+  k_cut = jax.lax.cond(jnp.any(k < vocab),
+                       lambda: _largest_key(lo, hi_exclusive, count_at_least), lambda: lo)
 
   unnormalized = jnp.exp(scaled_logits - scaled_logits.max(axis=-1, keepdims=True))
   unnormalized = jnp.where(keys >= k_cut[:, None], unnormalized, 0.0)
   needed = top_p * unnormalized.sum(axis=-1)
   mass_at_least = lambda t: jnp.sum(
       jnp.where(keys >= t[:, None], unnormalized, 0.0), axis=-1) >= needed
-  p_cut = _largest_key(k_cut, hi_exclusive, mass_at_least)
+  p_cut = jax.lax.cond(jnp.any(top_p < 1.0),
+                       lambda: _largest_key(k_cut, hi_exclusive, mass_at_least), lambda: k_cut)
   # top_p == 1 keeps every top-k token even when rounding makes the mass of the
   # full set compare below `needed`.
   cut = jnp.where(top_p >= 1.0, k_cut, p_cut)
   return keys >= cut[:, None]
 
 
-def _first_max_index(x: jax.Array) -> jax.Array:
-  """`argmax(x, -1)` (lowest index on ties) as two plain reductions."""
-  vocab = x.shape[-1]
-  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-  is_max = x == x.max(axis=-1, keepdims=True)
-  return jnp.min(jnp.where(is_max, iota, vocab), axis=-1)
+def _inverse_cdf(uniform: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Inverse-CDF draw from unnormalized weights, in two levels.
+
+  Returns the index i with `W(i) <= u * W < W(i + 1)`, `W(i)` the sum of the
+  first i weights and `W` the total: first the block of ~sqrt(V) tokens that
+  holds `u * W` (a cumulative sum over block sums), then the token inside it.
+  Two short cumulative sums instead of one over the whole vocabulary, which
+  XLA's CPU backend runs as a slow reduce-window. A token with zero weight is
+  never returned, whatever the rounding.
+
+  Args:
+    uniform: `[rows]` float32 in [0, 1).
+    weights: `[rows, vocab]` float32 >= 0, at least one positive per row.
+
+  Returns:
+    tokens `[rows]` int32 and the totals `W` `[rows]` float32.
+  """
+  rows, vocab = weights.shape
+  block = 1 << max(0, math.ceil(math.log2(math.sqrt(vocab))))
+  blocks = -(-vocab // block)
+  padded = jnp.pad(weights, ((0, 0), (0, blocks * block - vocab)))
+  padded = padded.reshape(rows, blocks, block)
+  block_sums = padded.sum(axis=-1)
+  block_ends = jnp.cumsum(block_sums, axis=-1)
+  total = block_ends[:, -1]
+  # Strictly below the total, so the chosen block is one whose sum is positive.
+  target = jnp.minimum(uniform * total, jnp.nextafter(total, 0.0))
+  chosen = jnp.sum(block_ends <= target[:, None], axis=-1)
+  is_chosen = jax.lax.broadcasted_iota(jnp.int32, (rows, blocks), 1) == chosen[:, None]
+  before = jnp.sum(jnp.where(is_chosen, block_ends - block_sums, 0.0), axis=-1)
+  inside = jnp.take_along_axis(padded, chosen[:, None, None], axis=1)[:, 0]
+  offset = jnp.sum(jnp.cumsum(inside, axis=-1) <= (target - before)[:, None], axis=-1)
+  # Rounding of `before` can push the offset off the block's positive weights.
+  iota = jax.lax.broadcasted_iota(jnp.int32, (rows, block), 1)
+  positive = inside > 0.0
+  offset = jnp.clip(offset, jnp.min(jnp.where(positive, iota, block), axis=-1),
+                    jnp.max(jnp.where(positive, iota, 0), axis=-1))
+  return (chosen * block + offset).astype(jnp.int32), total
 
 
 def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array,
                   top_p: jax.Array, top_k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Draws one token per row and returns its log-probabilities.
 
-  With `l` the raw logits of a row and `T` its temperature:
+  With `l` the raw logits of a row, `m = max l` and `T` its temperature:
     raw log-prob        = l_y - logsumexp(l)            (the policy at T = 1, no filter)
-    T == 0 (greedy)     : y = argmax l,  processed log-prob = 0
-    T > 0               : y ~ q,  q ∝ exp(l / T) on the top-k/top-p set,
+    T == 0 (greedy)     : y = argmax l (lowest index on ties), processed log-prob = 0
+    T > 0               : y ~ q,  q ∝ exp((l - m) / T) on the top-k/top-p set,
                           processed log-prob = log q_y
 
   The raw log-prob is what a trainer recomputes from the same tokens, so the
@@ -134,27 +171,20 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array,
   chex.assert_shape([temperature, top_p, top_k], (rows,))
   logits = logits.astype(jnp.float32)
   greedy = temperature <= 0.0
-  safe_temperature = jnp.where(greedy, 1.0, temperature)
-  scaled = logits / safe_temperature[:, None]
+  inverse_temperature = 1.0 / jnp.where(greedy, 1.0, temperature)
+  row_max = logits.max(axis=-1, keepdims=True)
+  shifted = (logits - row_max) * inverse_temperature[:, None]  # scaled logits minus their max
   filtering = jnp.any(~greedy & ((top_p < 1.0) | ((top_k > 0) & (top_k < vocab))))
   # The cut-off search only runs when some row asks for it (a real branch on CPU).
   keep = jax.lax.cond(filtering, top_k_top_p_keep,
-                      lambda z, *_: jnp.ones(z.shape, dtype=bool),
-                      scaled, top_k, top_p)
-
-  shifted = scaled - scaled.max(axis=-1, keepdims=True)
+                      lambda z, *_: jnp.ones(z.shape, dtype=bool), shifted, top_k, top_p)
   weights = jnp.where(keep, jnp.exp(shifted), 0.0)
-  cumulative = jnp.cumsum(weights, axis=-1)
-  total = cumulative[:, -1]
-  u = jax.random.uniform(key, (rows,), dtype=jnp.float32) * total
-  drawn = jnp.sum(cumulative <= u[:, None], axis=-1).astype(jnp.int32)
-  # u can round up to `total`; fall back to the last token with weight.
-  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-  last_kept = jnp.max(jnp.where(weights > 0.0, iota, 0), axis=-1)
-  drawn = jnp.minimum(drawn, last_kept)
-  tokens = jnp.where(greedy, _first_max_index(logits), drawn)
+  drawn, total = _inverse_cdf(jax.random.uniform(key, (rows,), jnp.float32), weights)
 
-  picked = lambda x: jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
-  raw_logprobs = picked(logits) - jax.nn.logsumexp(logits, axis=-1)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+  first_max = jnp.min(jnp.where(logits == row_max, iota, vocab), axis=-1)
+  tokens = jnp.where(greedy, first_max, drawn)
+  picked = lambda x: jnp.sum(jnp.where(iota == tokens[:, None], x, 0.0), axis=-1)
+  raw_logprobs = picked(logits - row_max) - jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1))
   processed_logprobs = jnp.where(greedy, 0.0, picked(shifted) - jnp.log(total))
   return tokens, raw_logprobs, processed_logprobs

@@ -94,3 +94,23 @@ def test_different_keys_draw_different_tokens_and_equal_keys_repeat():
   draw = lambda seed: sampling.sample_tokens(jax.random.key(seed), logits, ones, ones, zeros)[0]
   np.testing.assert_array_equal(draw(1), draw(1))
   assert np.mean(np.asarray(draw(1)) == np.asarray(draw(2))) < 0.2
+
+
+def test_inverse_cdf_never_returns_a_zero_weight_token():
+  # Extreme uniforms (0 and the largest float below 1) and zero-weight tokens at
+  # both ends of every block, including a vocabulary that is not a block multiple.
+  rng = np.random.default_rng(0)
+  vocab = 70
+  weights = rng.uniform(size=(6, vocab)).astype(np.float32)
+  weights[:, ::8] = 0.0
+  weights[:, 7::8] = 0.0
+  weights[:, -3:] = 0.0
+  uniform = np.asarray([0.0, np.nextafter(np.float32(1), np.float32(0)), 0.5, 0.25, 0.999999,
+                        1e-9], np.float32)
+  tokens, total = sampling._inverse_cdf(jnp.asarray(uniform), jnp.asarray(weights))
+  tokens = np.asarray(tokens)
+  assert (weights[np.arange(6), tokens] > 0).all(), tokens
+  np.testing.assert_allclose(total, weights.sum(-1), rtol=1e-6)
+  cdf = np.cumsum(weights, axis=-1) / weights.sum(-1, keepdims=True)
+  expected = (cdf <= uniform[:, None]).sum(-1)
+  np.testing.assert_array_equal(tokens[2:5], expected[2:5])
