@@ -411,7 +411,11 @@ class Transformer(nn.Module):
 
   def logits_from_hidden(self, hidden: Array) -> Array:
     """Logits [..., V] float32 from hidden states [..., D]."""
-    return head_logits(hidden, self.head_weight().astype(self.config.compute_jnp_dtype))
+    logits = head_logits(hidden, self.head_weight().astype(self.config.compute_jnp_dtype))
+    if logits.ndim == 3:
+      logits = sharding.constrain(
+          logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits
 
   def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
                cache: Cache | None = None, cache_index: Array | None = None,

@@ -104,7 +104,7 @@ def test_sharded_load_and_forward_equal_single_device(hf_checkpoints):
   with jax.set_mesh(mesh):
     inputs = [jax.device_put(jnp.asarray(x), batch_sharding) for x in (tokens, positions, mask)]
     logits = forward(model, sparams, *inputs)
-  assert logits.sharding.spec[0] == ("data", "fsdp")
+  assert logits.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
   np.testing.assert_allclose(np.asarray(logits), np.asarray(single), atol=1e-5)
 
 
