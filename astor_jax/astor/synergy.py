@@ -12,13 +12,22 @@ they want to go, so it raises U_k. Gradient cosines from one batch are noisy
 (different prompts per task), hence the EMA with lambda =
 `astor.synergy_ema_decay`.
 
-Memory. K full gradients cost K x params. With `astor.synergy_sketch_dim = d
-> 0` each gradient is compressed by a count sketch (Charikar et al. 2002;
-a sparse Johnson-Lindenstrauss projection): coordinate c of every leaf goes to
-bucket h(c) in [0, d) with sign s(c) in {-1, +1}, both drawn from one key that
-is the same for all tasks of a step, so <sketch(g_i), sketch(g_j)> is an
-unbiased estimate of <g_i, g_j>. The sketch of one task is computed right
+Memory. K full gradients cost K x params (sharded like the parameters when the
+caller constrains them, so K x params / devices per device). With
+`astor.synergy_sketch_dim = d > 0` each gradient is compressed by a count
+sketch (Charikar et al. 2002; a sparse Johnson-Lindenstrauss projection):
+coordinate c of every leaf goes to bucket h(c) in [0, d) with sign s(c) in
+{-1, +1}, both drawn from one key that is the same for all tasks of a step, so
+<sketch(g_i), sketch(g_j)> is an unbiased estimate of <g_i, g_j> (standard
+error about |g_i| |g_j| / sqrt(d)). The sketch of one task is computed right
 after its gradient, so only one full gradient is alive at a time.
+
+Nothing here flattens a whole gradient: the Gram is a sum of per-leaf K x K
+contractions over each leaf's own axes, and the sketch draws h and s in each
+leaf's own shape (counter-based random bits depend only on the global
+coordinate, not on how the leaf is sharded) and scatter-adds the leaf into the
+d buckets. Sharded gradients stay sharded; each device contracts or sketches
+its own block and one all-reduce adds the [K, K] or [d] partial results.
 
 Choices where the paper is silent (ours):
   * The gradient is that of the clipped surrogate only (no KL or entropy
@@ -55,6 +64,11 @@ def count_sketch(tree: Any, key: chex.PRNGKey, dim: int) -> chex.Array:
 
   sketch[b] = sum_{leaves l} sum_{c : h_l(c) = b} s_l(c) * x_l[c]
 
+  h_l and s_l come from 32 random bits per coordinate drawn in the leaf's own
+  shape (bit 0: the sign, the other 31 bits mod `dim`: the bucket), so the
+  projection is the same whatever the leaf's sharding and no leaf is
+  reshaped.
+
   Args:
     tree: pytree of arrays.
     key: PRNG key; the same key gives the same projection.
@@ -65,11 +79,10 @@ def count_sketch(tree: Any, key: chex.PRNGKey, dim: int) -> chex.Array:
   """
   out = jnp.zeros((dim,), jnp.float32)
   for index, leaf in enumerate(jax.tree.leaves(tree)):
-    bucket_key, sign_key = jax.random.split(jax.random.fold_in(key, index))
-    flat = leaf.reshape(-1).astype(jnp.float32)
-    buckets = jax.random.randint(bucket_key, flat.shape, 0, dim)
-    signs = jax.random.rademacher(sign_key, flat.shape, jnp.float32)
-    out = out + jax.ops.segment_sum(signs * flat, buckets, dim)
+    bits = jax.random.bits(jax.random.fold_in(key, index), leaf.shape, jnp.uint32)
+    buckets = ((bits >> 1) % dim).astype(jnp.int32)
+    signed = jnp.where((bits & 1) == 1, 1.0, -1.0) * leaf.astype(jnp.float32)
+    out = out.at[buckets].add(signed)
   return out
 
 
@@ -99,6 +112,18 @@ def task_features(task_grad_fn: Callable[[chex.Array], Any], num_tasks: int,
   return lax.map(task_grad_fn, tasks)
 
 
+def leaf_gram(leaf: chex.Array) -> chex.Array:
+  """G_ij = <f_i, f_j> of one leaf [K, ...]: a contraction over its own axes (no reshape).
+
+  Returns:
+    [K, K] float32.
+  """
+  axes = tuple(range(1, leaf.ndim))
+  leaf = leaf.astype(jnp.float32)
+  return lax.dot_general(leaf, leaf, ((axes, axes), ((), ())),
+                         precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+
+
 def features_gram(features: Any) -> chex.Array:
   """G_ij = sum over leaves of <f_i, f_j>; features as returned by `task_features`.
 
@@ -107,8 +132,8 @@ def features_gram(features: Any) -> chex.Array:
   """
   leaves = jax.tree.leaves(features)
   num_tasks = leaves[0].shape[0]
-  flat = [f.reshape(num_tasks, -1).astype(jnp.float32) for f in leaves]
-  return sum((f @ f.T for f in flat), jnp.zeros((num_tasks, num_tasks), jnp.float32))
+  chex.assert_equal_shape_prefix(leaves, 1)
+  return sum((leaf_gram(f) for f in leaves), jnp.zeros((num_tasks, num_tasks), jnp.float32))
 
 
 def task_gradient_gram(task_grad_fn: Callable[[chex.Array], Any], num_tasks: int,

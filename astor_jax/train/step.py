@@ -138,11 +138,53 @@ def _split_rows(x: jax.Array, parts: int, mesh: Mesh) -> jax.Array:
   return lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
 
 
+def _join_rows(y: jax.Array, mesh: Mesh) -> jax.Array:
+  """Inverse of `_split_rows`: [parts, n / parts, ...] -> [n, ...] in the original row order."""
+  x = y.swapaxes(0, 1).reshape((-1,) + y.shape[2:])
+  spec = P(BATCH_AXES, *([None] * (x.ndim - 1)))
+  return lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _stacked_sharding(sharding: Any) -> Any:
+  """The sharding of a [K, ...] stack of arrays sharded as `sharding` (K replicated)."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), sharding,
+                      is_leaf=lambda s: isinstance(s, NamedSharding))
+
+
+def _constrainer(sharding: Any | None) -> Callable[[Any], Any]:
+  """x -> x constrained to `sharding` (a pytree of shardings or one for all leaves)."""
+  if sharding is None:
+    return lambda x: x
+  return lambda x: lax.with_sharding_constraint(x, sharding)
+
+
 def _zero_features(params: Any, num_tasks: int, sketch_dim: int) -> Any:
   """Zeros shaped like `synergy.task_features` output: [K, d] sketches or K gradients."""
   if sketch_dim > 0:
     return jnp.zeros((num_tasks, sketch_dim), jnp.float32)
   return jax.tree.map(lambda p: jnp.zeros((num_tasks,) + p.shape, p.dtype), params)
+
+
+def row_multiple(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
+  """Rows a batch must be padded to a multiple of, for the train step and the log-prob pass.
+
+  Both split every device's rows into `rl.minibatches x rl.microbatches` equal
+  strided parts (no rows move between devices), so the row count must be a
+  multiple of (devices on the batch axes) x minibatches x microbatches.
+
+  Args:
+    config: the job config (`rl.minibatches`, `rl.microbatches`).
+    mesh: the device mesh.
+
+  Returns:
+    The multiple.
+  """
+  return _batch_axis_size(mesh) * _row_parts(config)
+
+
+def _row_parts(config: ml_collections.ConfigDict) -> int:
+  """Strided row parts of one pass over a batch: minibatches x microbatches."""
+  return int(config.rl.minibatches) * int(config.rl.get("microbatches", 1))
 
 
 def _scan_or_call(body: Callable, init: Any, xs: Any, length: int):
@@ -178,6 +220,11 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
   num_minibatches, num_microbatches = rl_hp.minibatches, rl_hp.microbatches
   shard_map = functools.partial(jax.shard_map, mesh=mesh)
   split = functools.partial(_split_rows, mesh=mesh)
+  # Gradients, their accumulators and per-task gradients stay sharded like the
+  # parameters (without this XLA may keep whole gradients on every device).
+  like_params = _constrainer(params_sharding)
+  like_stacked_params = _constrainer(
+      None if params_sharding is None else _stacked_sharding(params_sharding))
 
   weights_fn = shard_map(
       functools.partial(aggregation, max_new_tokens=rl_hp.max_new_tokens, axis_name=BATCH_AXES),
@@ -206,6 +253,7 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
     (_, (terms, clipped)), (d_logp, d_ent) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True)(logp, ent)
     (grads,) = pullback((d_logp, d_ent))
+    grads = like_params(grads)
 
     def features():
       d_policy = jax.grad(lambda lp: loss_sum_fn(weights * losses.clipped_surrogate(
@@ -214,10 +262,10 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
       def task_grad(k):
         rows = (mb["task_ids"] == k).astype(d_policy.dtype)[:, None]
-        return pullback((d_policy * rows, no_entropy))[0]
+        return like_params(pullback((d_policy * rows, no_entropy))[0])
 
-      return synergy.task_features(task_grad, num_tasks, astor_hp.synergy_sketch_dim,
-                                   sketch_key)
+      out = synergy.task_features(task_grad, num_tasks, astor_hp.synergy_sketch_dim, sketch_key)
+      return out if astor_hp.synergy_sketch_dim > 0 else like_stacked_params(out)
 
     sums = task_sums_fn(calibrate.kl_k3(lax.stop_gradient(logp), mb["ref"]), clipped,
                         lax.stop_gradient(ent), jnp.abs(mb["sampler"] - mb["old"]),
@@ -226,12 +274,7 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
   def step(train_state: TrainState, utility_state: utility.UtilityState, batch: Batch):
     num_rows, _ = batch.tokens.shape
-    parts = num_devices * num_minibatches * num_microbatches
-    if num_rows % parts:
-      raise ValueError(
-          f"Batch: {num_rows} rows do not split into rl.minibatches={num_minibatches} x "
-          f"rl.microbatches={num_microbatches} equal parts on each of the {num_devices} "
-          f"devices of the batch axes; pad the batch to a multiple of {parts} rows")
+    _check_rows(num_rows, num_devices, num_minibatches, num_microbatches)
     max_prompts = utility_state.prompts.valid.shape[1]
     row_stats_fn = shard_map(
         functools.partial(_row_statistics, estimator=estimator, num_groups=num_rows,
@@ -264,8 +307,10 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
         chunks = jax.tree.map(lambda x: split(x, parts=num_microbatches),
                               dict(mb, weights=weights))
         # Accumulate in float32 whatever the parameter dtype.
-        init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+        init = (like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)),
                 _zero_features(params, num_tasks, astor_hp.synergy_sketch_dim))
+        if astor_hp.synergy_sketch_dim == 0:
+          init = (init[0], like_stacked_params(init[1]))
 
         def accumulate(acc, chunk):
           grads_acc, features_acc = acc
@@ -274,7 +319,8 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
           features_acc = lax.cond(
               with_synergy, lambda f: jax.tree.map(jnp.add, f, features()), lambda f: f,
               features_acc)
-          grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+          grads_acc = like_params(
+              jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads))
           return (grads_acc, features_acc), (terms, sums)
 
         (grads, features_sum), (terms, sums) = lax.scan(accumulate, init, chunks)
@@ -302,6 +348,17 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
     return new_train_state, new_utility_state, metrics
 
   return step
+
+
+def _check_rows(num_rows: int, num_devices: int, minibatches: int, microbatches: int) -> None:
+  """Raises ValueError (naming the fields) when the rows do not split into equal parts."""
+  parts = num_devices * minibatches * microbatches
+  if num_rows % parts:
+    raise ValueError(
+        f"Batch: {num_rows} rows do not split into rl.minibatches={minibatches} x "
+        f"rl.microbatches={microbatches} equal parts on each of the {num_devices} "
+        f"devices of the batch axes; pad the batch to a multiple of {parts} rows "
+        "(train.step.row_multiple)")
 
 
 def _metrics(per_mb, sums, reward_stats, adv_sum, adv_sq, old_state, new_state):
@@ -392,9 +449,16 @@ def make_logprob_fn(model: Any, config: ml_collections.ConfigDict, mesh: Mesh, *
   The loop uses it for the reference and old-policy log-probs of a rollout
   batch (fields `ref_logprobs`, `old_logprobs`). Token-aligned: column 0 is 0.
 
+  The rows go through the model in `rl.minibatches x rl.microbatches` strided
+  chunks, one after the other (`lax.map` inside the program), i.e. with the
+  train step's rows per pass, whose activation memory the config already
+  budgets; every device keeps its own rows, and the result equals the
+  one-pass forward. `N` must be a multiple of `row_multiple(config, mesh)`.
+
   Args:
     model: the policy or reference model; ignored when `logprob_fn` is given.
-    config: the job config (reads `model.logprob_chunk_size`).
+    config: the job config (reads `model.logprob_chunk_size`, `rl.minibatches`,
+      `rl.microbatches`).
     mesh: the device mesh.
     params_sharding: shardings of the params (default: replicated).
     logprob_fn: overrides the model's log-prob function.
@@ -402,11 +466,22 @@ def make_logprob_fn(model: Any, config: ml_collections.ConfigDict, mesh: Mesh, *
   if logprob_fn is None:
     logprob_fn = model_logprob_fn(model, config.model.logprob_chunk_size)
   replicated = NamedSharding(mesh, REPLICATED)
+  num_devices = _batch_axis_size(mesh)
+  minibatches, microbatches = int(config.rl.minibatches), int(config.rl.get("microbatches", 1))
+  parts = minibatches * microbatches
+
+  def rows_logprobs(params, rows):
+    logprobs, _ = logprob_fn(params, rows["tokens"], rows["positions"], rows["input_mask"])
+    return logprobs.astype(jnp.float32)
 
   def fn(params, batch: Batch):
     chex.assert_rank(batch.tokens, 2)
-    logprobs, _ = logprob_fn(params, batch.tokens, batch.positions, batch.input_mask)
-    return logprobs.astype(jnp.float32)
+    rows = dict(tokens=batch.tokens, positions=batch.positions, input_mask=batch.input_mask)
+    if parts == 1:
+      return rows_logprobs(params, rows)
+    _check_rows(batch.tokens.shape[0], num_devices, minibatches, microbatches)
+    chunks = jax.tree.map(lambda x: _split_rows(x, parts, mesh), rows)
+    return _join_rows(lax.map(functools.partial(rows_logprobs, params), chunks), mesh)
 
   params_sharding = replicated if params_sharding is None else params_sharding
   return jax.jit(_traced_in_mesh(fn, mesh), in_shardings=(params_sharding, batch_sharding(mesh)),

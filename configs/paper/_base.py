@@ -107,6 +107,14 @@ def build(file_name: str, shape_preset: str, targets: dict, default_target: str,
   c.rl.minibatches = 1
   c.rl.microbatches = plan["microbatches"]
 
+  # [ours] Synergy from count sketches of the per-task gradients, not the
+  # gradients themselves: the exact Gram keeps K = 4 float32 gradient sums
+  # (4 x 30 GB for a 7-8B model, sharded like the parameters) through the
+  # gradient-accumulation loop; a sketch keeps K x d floats (256 KiB here). The
+  # cosine's standard error is about 1/sqrt(d) = 0.008, below what the EMA
+  # over synergy steps smooths away anyway.
+  c.astor.synergy_sketch_dim = 16384
+
   c.eval.max_examples_per_task = 1_000_000  # all of each test split
 
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = plan["mesh"]

@@ -3,8 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from astor_jax.astor import synergy
+from astor_jax.model import make_mesh
 
 
 def task_vectors(seed=0, num_tasks=3, size=600):
@@ -47,6 +50,38 @@ def test_count_sketch_is_linear_and_preserves_cosines():
   # A different key is a different projection (errors do not persist across steps).
   other = synergy.count_sketch(as_tree(vecs[0]), jax.random.PRNGKey(4), 4096)
   assert not np.allclose(other, a)
+
+
+def test_per_leaf_gram_equals_the_flattened_gram():
+  """Leaves of rank 1 to 4 (a per-task scalar, a bias, a matrix, a stacked-layer kernel)."""
+  rng = np.random.default_rng(1)
+  shapes = {"scalar": (), "bias": (7,), "kernel": (5, 6), "layers": (2, 3, 4)}
+  features = {k: rng.normal(size=(3,) + s).astype(np.float32) for k, s in shapes.items()}
+  flat = np.concatenate([f.reshape(3, -1) for f in features.values()], axis=1).astype(np.float64)
+  gram = jax.jit(synergy.features_gram)(features)
+  np.testing.assert_allclose(gram, flat @ flat.T, rtol=1e-5)
+  np.testing.assert_allclose(synergy.leaf_gram(jnp.asarray(features["layers"])),
+                             flat[:, -24:] @ flat[:, -24:].T, rtol=1e-5)
+
+
+def test_gram_and_sketch_do_not_depend_on_the_sharding():
+  """Sharded leaves (as the train step keeps gradients) give the single-device values:
+  the sketch's buckets and signs depend on the global coordinate only."""
+  vecs = task_vectors(size=600)
+  trees = [as_tree(v) for v in vecs]
+  stacked = jax.tree.map(lambda *x: np.stack(x), *trees)
+  key = jax.random.PRNGKey(5)
+  mesh = make_mesh(data=2, fsdp=4)
+  spec = {"w": P("fsdp", "data"), "b": P(("data", "fsdp"))}
+  sharded = [jax.device_put(t, {k: NamedSharding(mesh, s) for k, s in spec.items()})
+             for t in trees]
+  stacked_sharded = jax.device_put(
+      stacked, {k: NamedSharding(mesh, P(None, *s)) for k, s in spec.items()})
+  sketch = jax.jit(lambda t: synergy.count_sketch(t, key, 256))
+  for tree, tree_sharded in zip(trees, sharded):
+    np.testing.assert_allclose(sketch(tree_sharded), sketch(tree), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(synergy.features_gram)(stacked_sharded),
+                             vecs.astype(np.float64) @ vecs.T, rtol=1e-5)
 
 
 def test_missing_gradients_are_not_observed():

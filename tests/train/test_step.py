@@ -217,6 +217,23 @@ def test_logprob_fn_is_token_aligned_and_sharded_like_the_batch(setup):
   np.testing.assert_array_equal(np.asarray(out)[:, 0], 0.0)
 
 
+def test_logprob_fn_in_row_chunks_equals_one_pass(setup):
+  """rl.minibatches=2 x rl.microbatches=2: each of 8 devices runs its 4 rows one at a time."""
+  config = load_config()
+  config.rl.minibatches, config.rl.microbatches = 2, 2
+  mesh = make_mesh(data=4, fsdp=2)
+  assert step_lib.row_multiple(config, mesh) == 32 == N
+  batch = setup["batch"]
+  chunked = step_lib.make_logprob_fn(MODEL, config, mesh)(PARAMS, as_device_batch(batch, mesh))
+  assert chunked.sharding.spec == step_lib.TOKENS
+  one_pass = step_lib.make_logprob_fn(MODEL, setup["config"], mesh)(
+      PARAMS, as_device_batch(batch, mesh))
+  np.testing.assert_allclose(chunked, one_pass, rtol=1e-6, atol=1e-6)
+  config.rl.microbatches = 4
+  with pytest.raises(ValueError, match="multiple of 64 rows"):
+    step_lib.make_logprob_fn(MODEL, config, mesh).lower(PARAMS, as_device_batch(batch, mesh))
+
+
 def test_batch_that_does_not_split_is_rejected_with_the_fields_named(setup):
   config = load_config()
   config.rl.minibatches = 3
