@@ -3,7 +3,7 @@
 - `budgets.png`: prompts per task per step as a stacked area (the schedule).
 - `beta.png`: beta_k per task over steps (the calibration), log scale.
 - `reward.png`: mean training reward per task over steps (steps where a task
-  got no prompts have no point).
+  got no prompts have no point), with a running mean over a tenth of the run.
 - `synergy.png`: the last smoothed cross-task gradient-cosine matrix as a heatmap.
 
 Scalar names read: `budget/<task>`, `beta/<task>`, `reward/<task>` and
@@ -53,12 +53,28 @@ def plot_budgets(records, tasks: Sequence[str], path: str) -> str:
   return _save(fig, path)
 
 
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+  """Mean of the last `window` values at each point (fewer at the start)."""
+  sums = np.cumsum(np.insert(values, 0, 0.0))
+  idx = np.arange(1, len(values) + 1)
+  lo = np.maximum(idx - window, 0)
+  return (sums[idx] - sums[lo]) / (idx - lo)
+
+
 def plot_per_task(records, tasks: Sequence[str], prefix: str, title: str, ylabel: str,
-                  path: str, log_y: bool = False) -> str:
+                  path: str, log_y: bool = False, smooth: bool = False) -> str:
+  """One line per task; with `smooth`, raw values faint and a running mean on top."""
   fig, ax = plt.subplots(figsize=(7, 4))
   for task in tasks:
     steps, values = _series(records, f"{prefix}/{task}")
-    if len(steps):
+    if not len(steps):
+      continue
+    window = max(1, len(steps) // 10)
+    if smooth and window > 1:
+      (line,) = ax.plot(steps, values, alpha=0.25)
+      ax.plot(steps, _running_mean(values, window), color=line.get_color(),
+              label=f"{task} (mean of {window})")
+    else:
       ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=task)
   if log_y and ax.has_data():
     ax.set_yscale("log")
@@ -101,6 +117,6 @@ def write_training_plots(records: Sequence[Mapping[str, Any]], tasks: Sequence[s
       plot_per_task(rl, tasks, "beta", "Per-task KL coefficient", "beta_k", join("beta.png"),
                     log_y=True),
       plot_per_task(rl, tasks, "reward", "Training reward per task", "mean reward",
-                    join("reward.png")),
+                    join("reward.png"), smooth=True),
       plot_synergy(rl, tasks, join("synergy.png")),
   ]

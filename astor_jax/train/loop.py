@@ -187,7 +187,7 @@ class StopCheck:
 def _load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str,
                              tasks: Mapping[str, Task], sources) -> Any:
   """The tokenizer: hf checkpoint's, data.tokenizer_path's, or trained once into the workdir."""
-  from astor_jax.data.tokenizer import load_tokenizer, train_tokenizer
+  from astor_jax.data.tokenizer import load_tokenizer
 
   if config.data.tokenizer_path:
     return load_tokenizer(config.data.tokenizer_path)
@@ -195,10 +195,10 @@ def _load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     return load_tokenizer(config.model.hf_path)
   out_dir = os.path.join(workdir, TOKENIZER_DIR)
   if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
-    texts = [p + c for p, c in corpus.sft_pairs(tasks, _interleave(sources, "train"))]
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    train_tokenizer(texts, int(config.data.vocab_size), tmp)
+    corpus.train_tokenizer_on(tasks, _interleave(sources, "train"), int(config.data.vocab_size),
+                              tmp)
     os.replace(tmp, out_dir)  # atomic: a killed run never leaves half a tokenizer
   return load_tokenizer(out_dir)
 
@@ -670,7 +670,8 @@ def _stopped(job: Job, reason: str, rl_step: int) -> Outcome:
 def _run_phases(job: Job, params: Any) -> Outcome:
   c = job.config
   phases = tuple(c.phases)
-  policies: dict[str, Any] = {}
+  # The policy RL starts from: the SFT warm start, or the loaded / initialized model.
+  start_name = "base" if c.model.preset == "hf" else "init"
   if "sft" in phases:
     result = sft.run(c, job.workdir, model=job.model, params=params, rows=_sft_rows(job),
                      mesh=job.mesh, params_sharding=job.params_sharding, writer=job.writer,
@@ -679,13 +680,12 @@ def _run_phases(job: Job, params: Any) -> Outcome:
       return _stopped(job, job.should_stop() or "stopped", 0)
     if result.skipped and c.sft.steps:
       job.log(f"sft: warm start loaded from {sft.cache_dir(c, job.workdir)}")
-    params = result.params
-    if c.eval.sft_baseline:
-      policies["sft"] = params
-  elif c.eval.sft_baseline:
-    policies["base" if c.model.preset == "hf" else "init"] = params
+    params, start_name = result.params, "sft"
+  policies: dict[str, Any] = {}
   rl_step = 0
   if "rl" in phases:
+    if c.eval.sft_baseline:
+      policies[start_name] = params
     rl = RLPhase(job, params)
     reason = rl.run()
     rl_step = rl.step
@@ -694,6 +694,8 @@ def _run_phases(job: Job, params: Any) -> Outcome:
     if reason:
       return _stopped(job, reason, rl_step)
     policies[_method_name(c)] = rl.train_state.params
+  else:
+    policies[start_name] = params
   results = None
   if "eval" in phases:
     results = _eval_done(job.workdir, rl_step, list(policies))

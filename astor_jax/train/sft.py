@@ -173,8 +173,9 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation, mesh: Mes
 def fingerprint(config: ml_collections.ConfigDict, rows: SFTRows) -> str:
   """Identifies a warm start: the SFT settings, the model and the exact corpus rows."""
   h = hashlib.sha256()
-  h.update(json.dumps({"sft": config.sft.to_dict(), "model": config.model.to_dict(),
-                       "seed": config.seed}, sort_keys=True, default=str).encode())
+  settings = {k: config.sft[k] for k in ("steps", "batch_size", "learning_rate", "warmup_steps")}
+  h.update(json.dumps({"sft": settings, "model": config.model.to_dict(), "seed": config.seed},
+                      sort_keys=True, default=str).encode())
   for array in (rows.tokens, rows.loss_mask):
     h.update(np.ascontiguousarray(array).tobytes())
   return h.hexdigest()[:16]

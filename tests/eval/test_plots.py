@@ -1,6 +1,7 @@
 """Training plots are written from metrics records, one PNG each."""
 
 import matplotlib.image
+import numpy as np
 
 from astor_jax.eval import plots
 
@@ -26,3 +27,9 @@ def test_writes_four_pngs(tmp_path):
   for path in paths:
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_running_mean_matches_numpy():
+  values = np.array([1.0, 3.0, 5.0, 7.0, 9.0])
+  expected = [np.mean(values[max(0, i - 1):i + 1]) for i in range(len(values))]
+  np.testing.assert_allclose(plots._running_mean(values, 2), expected)

@@ -46,6 +46,7 @@ def tiny_config(shared_dir: str):
   c.data.vocab_size = 512
   c.data.data_dir = os.path.join(shared_dir, "tfds")
   c.sampler.max_new_tokens = 12
+  c.sampler.prompt_buckets = (320,)  # one bucket: one compile of each program
   c.rl.steps = STEPS
   c.rl.batch_prompts = 4
   c.rl.group_size = 2
