@@ -151,26 +151,13 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-def logical_axes(model: nn.Module, *init_args) -> Any:
-  """Pytree of logical axis-name tuples, one per parameter of `model`.
-
-  Args:
-    model: a flax module whose params are created with `nn.with_logical_partitioning`.
-    *init_args: example inputs of `model.init` (shapes only; nothing is computed).
-
-  Returns:
-    A pytree like the params, each leaf a PartitionSpec of logical names.
-  """
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *init_args))
-  return nn.get_partition_spec(abstract)["params"]
-
-
 def shardings_from_logical(logical: Any, shapes: Any, mesh: Mesh,
                            rules: LogicalRules = LOGICAL_AXIS_RULES) -> Any:
   """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) given logical names.
 
   Args:
-    logical: pytree of PartitionSpecs of logical names (as from `logical_axes`).
+    logical: pytree of PartitionSpecs of logical names (as from
+      `transformer.param_logical_axes`).
     shapes: pytree with the same structure, leaves with `.shape`.
     mesh: the target mesh.
     rules: logical -> mesh axis rules.

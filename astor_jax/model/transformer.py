@@ -432,15 +432,20 @@ def example_inputs(batch_size: int = 1, length: int = 1) -> tuple[Array, Array, 
   return tokens, tokens, mask
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_variables(model: Transformer) -> Any:
+  """Boxed (logically partitioned) ShapeDtypeStructs of `model.init`; traced once per model."""
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_inputs()))
+
+
 def param_logical_axes(model: Transformer) -> Any:
   """Pytree of logical-name PartitionSpecs, one per parameter."""
-  return sharding.logical_axes(model, *example_inputs())
+  return nn.get_partition_spec(_abstract_variables(model))["params"]
 
 
 def param_shapes(model: Transformer) -> Any:
   """Pytree of ShapeDtypeStruct, one per parameter (nothing is allocated)."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_inputs()))
-  return nn.unbox(abstract)["params"]
+  return nn.unbox(_abstract_variables(model))["params"]
 
 
 def param_shardings(model: Transformer, mesh: jax.sharding.Mesh,
