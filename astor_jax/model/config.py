@@ -105,8 +105,10 @@ class ModelConfig:
       nothing), "dots_saveable", "dots_with_no_batch_dims_saveable"
       (jax.checkpoint_policies).
     scan_layers: stack the blocks' params on a leading axis and run them with
-      nn.scan (smaller programs, faster compiles for deep models); the default
-      unrolled loop is faster at run time for small models on CPU.
+      nn.scan (smaller programs, faster compiles for deep models). The default
+      unrolled loop is faster at run time: measured on bench_6l decode (CPU, 16
+      rows, 128 tokens) scan was about 3x slower, because each step slices every
+      layer's cache out of the stacked array and writes it back.
     initializer_range: std of the N(0, std) init of every matrix and embedding.
     hf_extra_json: the HF config fields this class does not interpret, as JSON,
       written back by `to_hf_config`.
