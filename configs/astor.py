@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.model.dtype = "float32"  # compute dtype; logits and log-softmax are always fp32
   c.model.remat_policy = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   c.model.logprob_chunk_size = 0  # >0: never materialize [rows, seq, vocab] logits at once
+  c.model.scan_layers = False  # nn.scan over blocks: faster compiles, slower CPU decode
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
