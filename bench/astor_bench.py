@@ -28,7 +28,10 @@ once cost more than running them one after the other (two busy cores).
 
 The re-measurement hooks wrap `RLPhase.run_step` and `RLPhase._rollout_batch`
 (instrumentation only; the training is unchanged) and their time is taken out
-of `time/step`. Steady figures are means over steps 2..N (step 1 compiles).
+of `time/step`. Steady figures are means over the steps after the first that
+compiled nothing: the loop pads prompts to buckets (64, 128, ... tokens), and
+the first step of a new bucket compiles the sampler, the log-prob fn and the
+train step again (the record lists those steps and each step's row length).
 
   python -m bench.astor_bench --steps 8 --json-out /tmp/astor.json
 """
@@ -122,18 +125,38 @@ def _mean(xs):
   return round(statistics.fmean(xs), 4) if xs else None
 
 
+def compiling_steps(probes: list[dict]) -> list[bool]:
+  """Whether each step compiled something: step 1, and any step whose program count grew."""
+  out, previous = [], None
+  for p in probes:
+    counts = p.get("compiled_programs")
+    out.append(previous is None or counts is None or counts != previous)
+    previous = counts
+  return out
+
+
 def summarize(records: list[dict], probes: list[dict]) -> dict:
-  """Per-phase first/steady times and the overlap figures (module doc)."""
+  """Per-phase first/steady times and the overlap figures (module doc).
+
+  "steady" averages the steps after the first that compiled nothing (a new
+  prompt bucket compiles the sampler, log-prob fn and train step again);
+  "steady_all" averages every step after the first.
+  """
   rl = [r for r in records if r.get("phase") == "rl"]
+  probes = list(probes) + [{}] * (len(rl) - len(probes))
   for r, p in zip(rl, probes):
     r["time/step_without_probe"] = r["time/step"] - p.get("probe_s", 0.0)
+  compiled = compiling_steps(probes[:len(rl)])
+  steady_index = [i for i in range(1, len(rl)) if not compiled[i]]
   phases = {}
   for name in LOOP_PHASES + ("step_without_probe",):
     values = [r.get(f"time/{name}") or 0.0 for r in rl]
     phases[name] = {"first": round(values[0], 4) if values else None,
-                    "steady_mean": _mean(values[1:])}
-  steady_rl, steady_probes = rl[1:], probes[1:]
-  complete = bool(steady_probes) and len(steady_probes) == len(steady_rl) and all(
+                    "steady_mean": _mean([values[i] for i in steady_index]),
+                    "steady_all_mean": _mean(values[1:])}
+  steady_rl = [rl[i] for i in steady_index]
+  steady_probes = [probes[i] for i in steady_index]
+  complete = bool(steady_probes) and all(
       "score_alone_s" in p and "logprobs_alone_s" in p for p in steady_probes)
   overlap = {}
   if complete:
@@ -158,6 +181,9 @@ def summarize(records: list[dict], probes: list[dict]) -> dict:
         "saved_s": _mean([s - w for s, w in zip(serial, window)])}
   return {"phases": phases, "overlap": overlap,
           "steps": len(rl),
+          "steady_steps": [i + 1 for i in steady_index],
+          "compiling_steps": [i + 1 for i, c in enumerate(compiled) if c],
+          "seq_len_per_step": [p.get("seq_len") for p in probes[:len(rl)]],
           "completion_tokens_per_step": [r.get("completion_tokens") for r in rl],
           "reward_per_step": [r.get("reward") for r in rl],
           "skipped_steps": int(sum(r.get("skipped") or 0 for r in rl))}

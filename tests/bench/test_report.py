@@ -126,3 +126,25 @@ def test_toy_workload_matches_the_peer_definition():
   ids = toy.encode_prompts(tokenizer, ["w7 w2047"])
   assert ids == [[toy.BOS_ID, 7, 2047]]
   assert tokenizer.decode([7, toy.EOS_ID, 23], skip_special_tokens=True) == "w7 w23"
+
+
+def test_astor_summary_leaves_compiling_steps_out_of_steady():
+  from bench import astor_bench
+
+  def record(step, sample, train, score_wait=0.0, logprobs_wait=0.5):
+    return {"phase": "rl", "step": step, "time/step": sample + train + 1.0 + 0.1,
+            "time/sample": sample, "time/train": train, "time/score_submit": 0.01,
+            "time/logprobs_dispatch": 0.02, "time/score_wait": score_wait,
+            "time/logprobs_wait": logprobs_wait, "time/schedule": 0.0}
+
+  counts = [{"train_step": 1}, {"train_step": 2}, {"train_step": 2}, {"train_step": 2}]
+  probes = [{"score_alone_s": 0.2, "logprobs_alone_s": 0.6, "compiled_programs": c,
+             "probe_s": 0.1, "seq_len": 112 if i == 0 else 176} for i, c in enumerate(counts)]
+  records = [record(1, 9.0, 20.0), record(2, 5.0, 15.0), record(3, 1.0, 2.0),
+             record(4, 3.0, 4.0, score_wait=0.1)]
+  out = astor_bench.summarize(records, probes)
+  assert out["compiling_steps"] == [1, 2] and out["steady_steps"] == [3, 4]
+  assert out["phases"]["train"]["steady_mean"] == pytest.approx(3.0)
+  assert out["phases"]["train"]["steady_all_mean"] == pytest.approx(7.0)
+  assert out["overlap"]["scoring_hidden_fraction"] == pytest.approx((1.0 + 0.5) / 2)
+  assert out["seq_len_per_step"] == [112, 176, 176, 176]
