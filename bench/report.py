@@ -229,9 +229,14 @@ def astor_section(astor: dict) -> str:
   if not astor or not astor.get("phases"):
     return ""
   p, o = astor["phases"], astor.get("overlap", {})
-  lines = ["| phase (loop timer) | first step (s) | steady mean (s) |", "|---|---|---|"]
+  lines = [f"Steps {astor.get('steps')}; steady = steps {astor.get('steady_steps')} (steps "
+           f"{astor.get('compiling_steps')} compiled; row length per step "
+           f"{astor.get('seq_len_per_step')}).", "",
+           "| phase (loop timer) | first step (s) | steady mean (s) | mean of steps 2..N (s) |",
+           "|---|---|---|---|"]
   for name, values in p.items():
-    lines.append(f"| {name} | {_fmt(values['first'])} | {_fmt(values['steady_mean'])} |")
+    lines.append(f"| {name} | {_fmt(values['first'])} | {_fmt(values['steady_mean'])} | "
+                 f"{_fmt(values.get('steady_all_mean'))} |")
   if o:
     lines += ["", f"Reward scoring alone {_fmt(o['score_alone_s'])} s, the two log-prob "
               f"passes alone {_fmt(o['logprobs_alone_s'])} s; in the step the loop waited "
