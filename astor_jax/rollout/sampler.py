@@ -9,9 +9,10 @@ Layout of one call with `B` prompts, group size `G`, bucket `P` and capacity
 
     prefill  [B, P] once  -> cache slots [0, P), logits of the last prompt token
     repeat   cache rows and logits G times (row r belongs to prompt r // G)
-    token 0  sampled from the prefill logits
-    loop     t = 1 .. M-1 while some row is unfinished:
-               feed token t-1 at slot P + t - 1, sample token t
+    loop     t = 0 .. M-1 while some row is unfinished:
+               sample token t from the carried logits, feed it at slot P + t
+               (one model call per step; the call after the last token is the
+               price of compiling the sampling code once)
 
 Every row attends to its real prompt slots and to its own generated slots, so
 left padding never changes a row's tokens. A row finishes at EOS (its task's
@@ -249,22 +250,23 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
 
   generated_slot = jnp.arange(max_new_tokens, dtype=jnp.int32)
 
-  def decode_step(state: _DecodeState) -> _DecodeState:
-    previous = state.step - 1  # the token fed now, at cache slot P + previous
-    slot = prompt_len + previous
+  def decode_step(carry):
+    state, logits = carry
+    state = choose(state, logits)
+    fed = state.step - 1  # the token just chosen, written to cache slot P + fed
+    slot = prompt_len + fed
     written = jnp.concatenate(
-        [prompt_mask, jnp.broadcast_to(generated_slot <= previous, (rows, max_new_tokens))],
-        axis=1)
+        [prompt_mask, jnp.broadcast_to(generated_slot <= fed, (rows, max_new_tokens))], axis=1)
     logits, cache = model.apply(
-        {"params": params}, state.last_tokens[:, None], (real_prompt_len + previous)[:, None],
+        {"params": params}, state.last_tokens[:, None], (real_prompt_len + fed)[:, None],
         transformer.cache_mask(written, slot, 1), state.cache, slot)
-    return choose(state._replace(cache=cache), logits[:, -1].astype(jnp.float32))
+    return state._replace(cache=cache), logits[:, -1].astype(jnp.float32)
 
-  def unfinished(state: _DecodeState) -> jax.Array:
+  def unfinished(carry) -> jax.Array:
+    state, _ = carry
     return (state.step < max_new_tokens) & ~jnp.all(state.done)
 
-  state = choose(state, last_logits)
-  state = jax.lax.while_loop(unfinished, decode_step, state)
+  state, _ = jax.lax.while_loop(unfinished, decode_step, (state, last_logits))
   steps = jnp.arange(max_new_tokens, dtype=jnp.int32)
   return SamplerOutput(
       prompt_tokens=prompt_tokens,
