@@ -18,18 +18,23 @@ One function, compiled once per batch shape, over `Mesh(("data", "fsdp",
      one optimizer update; with `rl.microbatches = u` each minibatch is
      processed in u strided chunks whose gradients are summed (in float32)
      before the update, which equals the whole-minibatch update because the
-     loss weights are normalized over the whole minibatch;
+     loss weights are normalized over the whole minibatch; gradients and
+     their accumulators are constrained to the parameters' shardings, so no
+     device holds a whole gradient beyond one layer's partial sums;
   3. every `astor.synergy_interval` steps (at the first minibatch, i.e. at the
      parameters that generated the rollouts) pulls K task-masked policy
      cotangents back through the same forward pass to get the per-task
      gradients' Gram matrix (summing the gradients', or their sketches',
-     contributions over microbatches); `lax.cond` skips this work on other
-     steps;
+     contributions over microbatches; the K gradients stay sharded like the
+     parameters and the Gram is a sum of per-leaf contractions, see
+     `astor.synergy`); `lax.cond` skips this work on other steps;
   4. folds the statistics into the UtilityState (utility, priorities, per-task
      KL calibration) and returns per-task metrics.
 
 Per-task coefficients, budgets and utilities are arrays in the UtilityState,
-so new values never recompile.
+so new values never recompile. A batch's row count must be a multiple of
+`row_multiple(config, mesh)` (the loop pads with masked rows); the log-prob
+pass (`make_logprob_fn`) goes through the rows in the same strided parts.
 
 Metrics (all replicated; [K] arrays in `config.tasks` order):
   loss, policy_loss, kl_penalty, entropy_bonus (weighted terms of the loss,

@@ -3,7 +3,9 @@ gradient accumulation, no recompilation for new coefficients, and a toy bandit i
 schedule moves the batch from a solved task to a learnable one."""
 
 import importlib.util
+import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -232,6 +234,30 @@ def test_logprob_fn_in_row_chunks_equals_one_pass(setup):
   config.rl.microbatches = 4
   with pytest.raises(ValueError, match="multiple of 64 rows"):
     step_lib.make_logprob_fn(MODEL, config, mesh).lower(PARAMS, as_device_batch(batch, mesh))
+
+
+def test_fsdp_step_never_holds_the_task_gradients_whole(setup):
+  """fsdp=8, exact synergy, 2 microbatches: the compiled step's largest array is one layer's
+  partial gradient (the [4096, 64] embedding before its reduce-scatter), never K = 4 stacked
+  whole gradients nor their [K, params] flattening."""
+  model = Transformer(get_preset("tiny_world", vocab_size=4096, hidden_size=64,
+                                 intermediate_size=128, num_layers=1, num_heads=2,
+                                 num_kv_heads=1, head_dim=32))
+  config = load_config()
+  config.rl.microbatches = 2
+  mesh = make_mesh(data=1, fsdp=8)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+  sharding = state_lib.state_sharding(param_shardings(model, mesh), setup["optimizer"], params,
+                                      mesh)
+  train_state = jax.eval_shape(
+      lambda p: state_lib.create(p, setup["optimizer"], jax.random.PRNGKey(1)), params)
+  fn = step_lib.make_train_step(model, setup["optimizer"], config, mesh, state_sharding=sharding)
+  with jax.set_mesh(mesh):
+    hlo = fn.lower(train_state, step_lib.place_utility_state(setup["utility_state"], mesh),
+                   as_device_batch(setup["batch"], mesh)).compile().as_text()
+  largest = max(math.prod(int(d) for d in dims.split(","))
+                for dims in re.findall(r"\b(?:f32|bf16|s32|u32)\[([\d,]+)\]", hlo))
+  assert largest == 4096 * 64
 
 
 def test_batch_that_does_not_split_is_rejected_with_the_fields_named(setup):
