@@ -10,10 +10,12 @@ from pathlib import Path
 
 import jax
 import pytest
+from jax.sharding import AbstractMesh
 
 from astor_jax import config as config_lib
 from astor_jax import launch_check
 from astor_jax import topology as topology_lib
+from astor_jax.train import step as step_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = ("qwen25_coder_7b", "qwen3_8b")
@@ -78,7 +80,13 @@ def test_paper_configs_every_target_meshes_and_paths_are_required(name):
     c = module.get_config(target)
     assert (c.rl.batch_prompts, c.rl.group_size, c.rl.steps) == (128, 8, 400)
     assert c.topology == target and c.model.preset == "hf" and c.data.source == "files"
-    topology_lib.mesh_shape(topology_lib.parse(target), c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    shape = topology_lib.mesh_shape(topology_lib.parse(target), c.mesh.data, c.mesh.fsdp,
+                                    c.mesh.tensor)
+    # The 1024 rollouts split into the step's equal strided parts on every device (no
+    # padding rows), and synergy is sketched (K whole gradients would not fit).
+    mesh = AbstractMesh(shape, ("data", "fsdp", "tensor"))
+    assert 1024 % step_lib.row_multiple(c, mesh) == 0
+    assert c.astor.synergy_sketch_dim > 0
   c.model.hf_path = "/ckpt"
   for field in ("data.cruxeval_path", "data.mbpp_path", "data.aider_exercises_path",
                 "data.commits_path"):
