@@ -312,8 +312,7 @@ class RLPhase:
         donate=False)
     self.logprob_fn = step_lib.make_logprob_fn(job.model, c, job.mesh,
                                                params_sharding=job.params_sharding)
-    batch_devices = int(np.prod([job.mesh.shape[a] for a in BATCH_AXES]))
-    multiple = batch_devices * int(c.rl.minibatches)
+    multiple = step_lib.row_multiple(c, job.mesh)
     real_rows = int(c.rl.batch_prompts) * self.group_size
     self.num_rows = -(-real_rows // multiple) * multiple
     self.step = 0

@@ -102,7 +102,24 @@ _CHILD = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def compilation_cache(tmp_path_factory):
+  """A persistent XLA cache for this module's five runs of the same programs (and the child).
+
+  Compiling dominates a tiny run; the cache only saves that time (the
+  executables are the ones a fresh compile gives).
+  """
+  directory = str(tmp_path_factory.mktemp("jax_cache"))
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  previous = {name: getattr(jax.config, name) for name in names}
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield directory
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, compilation_cache):
   shared = str(tmp_path_factory.mktemp("shared"))
   straight = str(tmp_path_factory.mktemp("straight"))
   interrupted = str(tmp_path_factory.mktemp("interrupted"))
@@ -128,8 +145,10 @@ def runs(tmp_path_factory):
 
   # 2. A resumed child killed with SIGKILL while committing its step-4 checkpoint.
   marker = os.path.join(shared, "in_save")
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compilation_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   child = subprocess.Popen([sys.executable, "-c", _CHILD, shared, interrupted, marker],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   try:
     while not os.path.exists(marker):
       if child.poll() is not None:
@@ -229,3 +248,42 @@ def test_reward_reasons_are_counted(runs):
                   for r in _rl_records(runs["straight"]))
   counted = sum(sum(c.values()) for c in reasons["zero_reward_reasons"].values())
   assert counted == zero_rows
+
+
+def _save_hf_checkpoint(runs, directory):
+  """A tiny-world policy and its tokenizer written as a Hugging Face checkpoint."""
+  from astor_jax.model import get_preset, init_params
+  from astor_jax.model import transformer as transformer_lib
+  from astor_jax.model.hf import save_pretrained
+
+  tokenizer = loop._load_or_train_tokenizer(runs["config"], runs["straight"], {}, {})
+  model = transformer_lib.Transformer(get_preset("tiny_world", vocab_size=len(tokenizer)))
+  params = init_params(model, jax.random.PRNGKey(7))
+  save_pretrained(str(directory), model, params, tokenizer)
+  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
+  config.model.preset = "hf"
+  config.model.hf_path = str(directory)
+  return config, tokenizer, params
+
+
+def test_hf_preset_loads_the_model_from_hf_path(runs, tmp_path):
+  from astor_jax.model import make_mesh
+
+  config, tokenizer, params = _save_hf_checkpoint(runs, tmp_path)
+  model, loaded = loop._build_model(config, tokenizer, make_mesh())
+  assert model.config.vocab_size == len(tokenizer)
+  assert jax.tree.structure(loaded) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "AutoTokenizer (data/tokenizer.load_tokenizer) picks Qwen2Tokenizer from config.json's "
+    "model_type for a tiny-world tokenizer saved next to the weights, which splits text "
+    "differently and adds <|endoftext|>"))
+def test_hf_preset_loads_the_same_tokenizer_from_hf_path(runs, tmp_path):
+  config, tokenizer, _ = _save_hf_checkpoint(runs, tmp_path)
+  loaded = loop._load_or_train_tokenizer(config, str(tmp_path / "w"), {}, {})
+  text = "def f(x):\n    return x * 3 + 1\n[ANSWER]f(2)[/ANSWER]"
+  assert loaded.encode(text) == tokenizer.encode(text)
+  assert len(loaded) == len(tokenizer)
