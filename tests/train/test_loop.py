@@ -8,6 +8,7 @@ step-4 checkpoint is being committed, and resumed once more to the end. Its
 metrics and final state must equal the straight run's bit for bit.
 """
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -287,3 +288,67 @@ def test_hf_preset_loads_the_same_tokenizer_from_hf_path(runs, tmp_path):
   text = "def f(x):\n    return x * 3 + 1\n[ANSWER]f(2)[/ANSWER]"
   assert loaded.encode(text) == tokenizer.encode(text)
   assert len(loaded) == len(tokenizer)
+
+
+class _Poisoned:
+  """A reward-like value that no Reward may hold (NaN), as a broken scorer could return."""
+
+  value = float("nan")
+  reason = "poisoned"
+
+
+def test_guards_skip_bad_updates_and_count_failed_scoring(runs, tmp_path, monkeypatch):
+  """Step 1: scoring raises (all rewards 0, counted); step 2: NaN reward; step 3: NaN loss."""
+  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
+  config.phases = ("sft", "rl")
+  config.rl.steps = 3
+  calls = {"score": 0, "train": 0}
+  real_score, real_collect = loop.score_batch, loop._collect_rewards
+
+  def score(*args):
+    calls["score"] += 1
+    future = real_score(*args)
+    if calls["score"] == 1:
+      future = concurrent.futures.Future()
+      future.set_exception(RuntimeError("sandbox died"))
+    return future
+
+  def collect(future, examples):
+    rewards = real_collect(future, examples)
+    return [_Poisoned()] + rewards[1:] if calls["score"] == 2 else rewards
+
+  real_init = loop.RLPhase.__init__
+
+  def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    step = self.train_step
+
+    def train_step(*a):
+      calls["train"] += 1
+      train_state, utility_state, metrics = step(*a)
+      if calls["train"] == 2:
+        metrics = dict(metrics, loss=metrics["loss"] * float("nan"))
+      return train_state, utility_state, metrics
+
+    self.train_step = train_step
+
+  monkeypatch.setattr(loop, "score_batch", score)
+  monkeypatch.setattr(loop, "_collect_rewards", collect)
+  monkeypatch.setattr(loop.RLPhase, "__init__", init)
+  workdir = str(tmp_path / "guarded")
+  outcome = loop.train(config, workdir)
+
+  assert outcome.finished and outcome.rl_step == 3
+  records = _rl_records(workdir)
+  assert [r["skipped"] for r in records] == [0.0, 1.0, 1.0]
+  assert records[0]["reward"] == 0.0 and np.isfinite(records[0]["loss"])
+  assert calls["train"] == 2  # the NaN-reward step never reached the train step
+  _, state = _final_state(workdir)
+  assert int(state["train"]["step"]) == 1  # only step 1's update was applied
+  assert int(state["utility"]["step"]) == 1
+  with open(os.path.join(workdir, "results", loop.REASONS_FILE)) as f:
+    reasons = json.load(f)
+  assert reasons["skipped_updates"] == 2
+  failed = sum(n for task in reasons["zero_reward_reasons"].values()
+               for reason, n in task.items() if reason.startswith("scoring failed: RuntimeError"))
+  assert failed == config.rl.batch_prompts * config.rl.group_size
