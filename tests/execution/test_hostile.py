@@ -249,6 +249,10 @@ def test_sysv_ipc_left_for_the_next_job():
             "print(libc.shmget(0x5eed, 4096, 0o1000 | 0o666) >= 0, "
             "len(open('/proc/sysvipc/shm').read().splitlines()) - 1)\n")
   look = "print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)\n"
-  with ExecutionPool(1, DEADLINE, isolation="namespaces") as pool:
+  try:
+    pool = ExecutionPool(1, DEADLINE, isolation="namespaces")
+  except RuntimeError as e:
+    pytest.skip(f"namespaces unavailable here: {e}")
+  with pool:
     results = pool.run([Job(create), Job(look), Job(create), Job(look)])
   assert [r.stdout for r in results] == ["True 1\n", "0\n", "True 1\n", "0\n"]
