@@ -632,7 +632,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
   config_lib.validate(config)
   check_resume_config(config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
   from astor_jax.data.pipeline import task_sources
 
   c = config
@@ -650,6 +649,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
   sampler = Sampler(model, max_new_tokens=int(c.sampler.max_new_tokens),
                     prompt_buckets=tuple(c.sampler.prompt_buckets),
                     pad_id=int(tokenizer.pad_token_id), mesh=mesh)
+  # Recorded once the job could be set up, so a failed start does not pin the workdir's config.
+  _write_config(config, workdir)
   with ckpt_lib.PreemptionGuard() as guard, \
        ExecutionPool.from_config(c.execution) as pool, \
        observe.MetricWriter(workdir, tensorboard=c.log.tensorboard) as writer:
