@@ -352,3 +352,11 @@ def test_guards_skip_bad_updates_and_count_failed_scoring(runs, tmp_path, monkey
   failed = sum(n for task in reasons["zero_reward_reasons"].values()
                for reason, n in task.items() if reason.startswith("scoring failed: RuntimeError"))
   assert failed == config.rl.batch_prompts * config.rl.group_size
+
+
+def test_stop_check_reports_signal_before_wall_time():
+  guard = ckpt_lib.PreemptionGuard()
+  assert loop.StopCheck(guard, 0.0)() is None  # 0: no limit
+  assert loop.StopCheck(guard, 1e-9)() == "max_wall_time_s"
+  guard.requested = signal.SIGTERM
+  assert loop.StopCheck(guard, 1e-9)() == "SIGTERM"
