@@ -108,6 +108,9 @@ class _Probe:
       except Exception as e:  # noqa: BLE001 - the probe must never break the measured run
         probe.error = f"{type(e).__name__}: {e}"
       record["seq_len"] = int(self._bench_rollout[0].tokens.shape[1])  # noqa: SLF001
+      # The step computed per-task gradient cosines iff (utility step before it) % interval == 0.
+      done = int(jax.device_get(self.utility_state.step))
+      record["synergy"] = (done - 1) % int(self.config.astor.synergy_interval) == 0
       # A count that grows after step 1 is a recompilation (e.g. a new prompt bucket).
       record["compiled_programs"] = {
           "sampler": self.job.sampler._generate._cache_size(),  # noqa: SLF001
@@ -179,7 +182,12 @@ def summarize(records: list[dict], probes: list[dict]) -> dict:
         "logprobs_hidden_fraction": _mean(hidden(loop_time("logprobs_wait"), logprobs)),
         "window_s": _mean(window), "serial_s": _mean(serial),
         "saved_s": _mean([s - w for s, w in zip(serial, window)])}
-  return {"phases": phases, "overlap": overlap,
+  train = [r.get("time/train") or 0.0 for r in rl]
+  by_synergy = {}
+  for flag, key in ((True, "with_synergy"), (False, "without_synergy")):
+    chosen = [train[i] for i in steady_index if probes[i].get("synergy") is flag]
+    by_synergy[key] = {"steps": len(chosen), "train_s": _mean(chosen)}
+  return {"phases": phases, "overlap": overlap, "train_by_synergy": by_synergy,
           "steps": len(rl),
           "steady_steps": [i + 1 for i in steady_index],
           "compiling_steps": [i + 1 for i, c in enumerate(compiled) if c],

@@ -43,6 +43,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "n/a"
   if abs(x) >= 100:
     return f"{x:.0f}"
+  if abs(x) >= 10:
+    return f"{x:.{min(digits, 1)}f}"
   return f"{x:.{digits}f}"
 
 
@@ -237,6 +239,12 @@ def astor_section(astor: dict) -> str:
   for name, values in p.items():
     lines.append(f"| {name} | {_fmt(values['first'])} | {_fmt(values['steady_mean'])} | "
                  f"{_fmt(values.get('steady_all_mean'))} |")
+  split = astor.get("train_by_synergy", {})
+  if split.get("with_synergy", {}).get("steps") and split.get("without_synergy", {}).get("steps"):
+    lines += ["", f"Train step on steady steps that compute the per-task gradient cosines "
+              f"(synergy, every `astor.synergy_interval` steps): "
+              f"{_fmt(split['with_synergy']['train_s'])} s; on the others: "
+              f"{_fmt(split['without_synergy']['train_s'])} s."]
   if o:
     lines += ["", f"Reward scoring alone {_fmt(o['score_alone_s'])} s, the two log-prob "
               f"passes alone {_fmt(o['logprobs_alone_s'])} s; in the step the loop waited "
