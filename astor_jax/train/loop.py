@@ -220,11 +220,13 @@ def _build_model(config: ml_collections.ConfigDict, tokenizer: Any, mesh) -> tup
 
     model, params, _ = load_pretrained(m.hf_path, dtype=m.param_dtype, mesh=mesh,
                                        compute_dtype=m.dtype, load_tokenizer=False,
-                                       remat_policy=m.remat_policy)
+                                       remat_policy=m.remat_policy,
+                                       scan_layers=bool(m.get("scan_layers", False)))
     return model, params
   try:
     model_config = get_preset(m.preset, vocab_size=len(tokenizer), param_dtype=m.param_dtype,
-                              dtype=m.dtype, remat_policy=m.remat_policy)
+                              dtype=m.dtype, remat_policy=m.remat_policy,
+                              scan_layers=bool(m.get("scan_layers", False)))
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
   model = Transformer(model_config)
