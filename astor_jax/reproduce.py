@@ -242,7 +242,7 @@ class Plan:
 
   Args:
     workdir: the suite's directory W.
-    suite: its sizes.
+    suite: what every run starts from (base config and overrides).
     seeds: how many seeds (0 .. seeds-1).
     methods: the method keys to run (their runs, plus what they need).
     extra: overrides for every run (`--set`), applied after the suite's.
