@@ -13,6 +13,7 @@ callers put bos/eos where they need them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
@@ -21,6 +22,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
+# tokenizer_config.json classes that name no model-specific tokenizer.
+_GENERIC_FAST_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | None = None,
@@ -68,4 +71,13 @@ def load_tokenizer(path: str):
     raise FileNotFoundError(
         f"config.data.tokenizer_path: {path!r} holds no tokenizer (tokenizer.json); "
         "leave it empty to train the tiny-world tokenizer into the workdir")
+  # A generic fast tokenizer (ours, saved next to a model's config.json) must load
+  # as itself: AutoTokenizer would otherwise pick the class of the config's
+  # model_type (e.g. Qwen2Tokenizer), which splits text differently.
+  config_file = os.path.join(path, "tokenizer_config.json")
+  if os.path.exists(config_file) and os.path.exists(os.path.join(path, "tokenizer.json")):
+    with open(config_file, encoding="utf-8") as f:
+      tokenizer_class = json.load(f).get("tokenizer_class")
+    if tokenizer_class in _GENERIC_FAST_CLASSES:
+      return PreTrainedTokenizerFast.from_pretrained(path)
   return AutoTokenizer.from_pretrained(path)

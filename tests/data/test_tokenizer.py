@@ -42,6 +42,21 @@ def test_loads_with_auto_tokenizer_and_has_special_tokens(saved):
   assert tok.load_tokenizer(saved).get_vocab() == t.get_vocab()
 
 
+def test_loads_as_itself_next_to_a_model_config(saved, tmp_path):
+  # A checkpoint directory holds config.json (model_type qwen2) beside the
+  # tokenizer; AutoTokenizer alone would pick Qwen2Tokenizer and split differently.
+  import json
+  import shutil
+
+  checkpoint = tmp_path / "checkpoint"
+  shutil.copytree(saved, checkpoint)
+  (checkpoint / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+  text = "def f(x):\n    return x * 3 + 1\n[ANSWER]f(2)[/ANSWER]"
+  original, reloaded = tok.load_tokenizer(saved), tok.load_tokenizer(str(checkpoint))
+  assert reloaded.encode(text) == original.encode(text)
+  assert reloaded.get_vocab() == original.get_vocab()
+
+
 @pytest.mark.parametrize("text", [
     "def f(xs):\n    total = 0\n    for v in xs:\n        total += v\n    return total\n",
     "[ANSWER]f([1, 2], 'ab')[/ANSWER]", "Ünïcödé ✓ 漢字 \t tabs", ""])

@@ -278,10 +278,6 @@ def test_hf_preset_loads_the_model_from_hf_path(runs, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AutoTokenizer (data/tokenizer.load_tokenizer) picks Qwen2Tokenizer from config.json's "
-    "model_type for a tiny-world tokenizer saved next to the weights, which splits text "
-    "differently and adds <|endoftext|>"))
 def test_hf_preset_loads_the_same_tokenizer_from_hf_path(runs, tmp_path):
   config, tokenizer, _ = _save_hf_checkpoint(runs, tmp_path)
   loaded = loop._load_or_train_tokenizer(config, str(tmp_path / "w"), {}, {})
