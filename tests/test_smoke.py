@@ -2,9 +2,9 @@
 
   python -m astor_jax.main --config=configs/astor.py:smoke --workdir=W
 
-One run (a module fixture) is checked for its metrics stream, checkpoints,
-TensorBoard events, plots and the results table; a second invocation of the
-same command must find every phase finished and change nothing.
+One run is checked for its metrics stream, checkpoints, TensorBoard events,
+plots and the results table; a second invocation of the same command must
+find every phase finished and change nothing.
 """
 
 import csv
@@ -36,23 +36,12 @@ def _run(workdir: str) -> subprocess.CompletedProcess:
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("smoke") / "run")
-  first = _run(workdir)
-  assert first.returncode == 0, first.stderr[-4000:]
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    metrics_text = f.read()
-  second = _run(workdir)
-  return dict(workdir=workdir, first=first, second=second, metrics_text=metrics_text)
-
-
 def _records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
-def test_metrics_stream_has_every_phase_with_finite_numbers(smoke):
+def _check_metrics_stream(smoke):
   records = _records(smoke["workdir"])
   phases = {r["phase"] for r in records}
   assert phases == {"sft", "rl", "eval"}
@@ -68,7 +57,7 @@ def test_metrics_stream_has_every_phase_with_finite_numbers(smoke):
   assert sft[-1]["loss"] < sft[0]["loss"]
 
 
-def test_checkpoints_and_sft_cache(smoke):
+def _check_checkpoints_and_sft_cache(smoke):
   workdir = smoke["workdir"]
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert steps[-1] == 6
@@ -92,7 +81,7 @@ def _scalars(path: str) -> dict[str, list[float]]:
   return out
 
 
-def test_tensorboard_events_written(smoke):
+def _check_tensorboard_events(smoke):
   for phase, tag in (("rl", "reward/commit_msg"), ("rl", "time/train"), ("sft", "loss")):
     files = glob.glob(os.path.join(smoke["workdir"], "tensorboard", phase, "events.out.*"))
     assert files, phase
@@ -100,13 +89,13 @@ def test_tensorboard_events_written(smoke):
     assert values and all(math.isfinite(v) for v in values), (phase, tag)
 
 
-def test_plots_written(smoke):
+def _check_plots(smoke):
   for name in ("budgets", "beta", "reward", "synergy"):
     image = matplotlib.image.imread(os.path.join(smoke["workdir"], "plots", f"{name}.png"))
     assert image.ndim == 3 and image.shape[0] > 100
 
 
-def test_results_table_holds_finite_numbers(smoke):
+def _check_results_table(smoke):
   results = os.path.join(smoke["workdir"], "results")
   with open(os.path.join(results, "results.csv")) as f:
     rows = list(csv.DictReader(f))
@@ -122,9 +111,25 @@ def test_results_table_holds_finite_numbers(smoke):
   assert record["rl_step"] == 6 and set(record["methods"]["astor"]) == set(TASKS)
 
 
-def test_rerunning_the_command_finds_everything_done(smoke):
+def _check_rerun_finds_everything_done(smoke):
   second = smoke["second"]
   assert second.returncode == 0, second.stderr[-4000:]
   assert "already" in second.stderr
   with open(os.path.join(smoke["workdir"], "metrics.jsonl")) as f:
     assert f.read() == smoke["metrics_text"]
+
+
+def test_smoke_job_end_to_end(tmp_path):
+  """One smoke run (one test, so `pytest -n` runs it once), then the same command again."""
+  workdir = str(tmp_path / "run")
+  first = _run(workdir)
+  assert first.returncode == 0, first.stderr[-4000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    metrics_text = f.read()
+  smoke = dict(workdir=workdir, first=first, second=_run(workdir), metrics_text=metrics_text)
+  _check_metrics_stream(smoke)
+  _check_checkpoints_and_sft_cache(smoke)
+  _check_tensorboard_events(smoke)
+  _check_plots(smoke)
+  _check_results_table(smoke)
+  _check_rerun_finds_everything_done(smoke)

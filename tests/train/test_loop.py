@@ -1,11 +1,12 @@
 """The training loop: exact resume after preemption and after kill -9 mid-save, guards, config.
 
-One straight run and one interrupted run of a tiny job (2 tasks, 4 RL steps of
-4 prompts x 2 rollouts on the 8 fake devices) are shared by the tests of this
-module. The interrupted run is stopped by SIGTERM after step 3 (it saves and
-returns), resumed in a child process that is killed with SIGKILL while its
-step-4 checkpoint is being committed, and resumed once more to the end. Its
-metrics and final state must equal the straight run's bit for bit.
+The resume test runs a tiny job (2 tasks, 4 RL steps of 4 prompts x 2
+rollouts on the 8 fake devices) straight, and once more interrupted: stopped
+by SIGTERM after step 3 (it saves and returns), resumed in a child process
+that is killed with SIGKILL while its step-4 checkpoint is being committed,
+and resumed again to the end. Metrics and final state must equal the straight
+run's bit for bit. It is one test function so that `pytest -n` runs the five
+jobs once, on one worker.
 """
 
 import concurrent.futures
@@ -69,13 +70,11 @@ def _rl_records(workdir: str):
 
 
 def _final_state(workdir: str):
+  """(step, state item) of the run's latest RL checkpoint, restored without a template."""
   directory = os.path.join(workdir, loop.CHECKPOINT_DIR)
   with ckpt_lib.Checkpointer(directory, keep_last=2) as ckpt:
     step = ckpt.latest_step()
-    path = os.path.join(directory, str(step), "state")
-  import orbax.checkpoint as ocp
-
-  return step, ocp.StandardCheckpointer().restore(path)
+  return step, _restore_item(os.path.join(directory, str(step), "state"))
 
 
 # The child resumes the interrupted run and hangs when orbax is about to commit
@@ -102,14 +101,14 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent XLA cache for this module's five runs of the same programs (and the child).
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """A persistent XLA cache for a test's runs of the same programs (and its child process).
 
   Compiling dominates a tiny run; the cache only saves that time (the
   executables are the ones a fresh compile gives).
   """
-  directory = str(tmp_path_factory.mktemp("jax_cache"))
+  directory = str(tmp_path / "jax_cache")
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   previous = {name: getattr(jax.config, name) for name in names}
   jax.config.update("jax_compilation_cache_dir", directory)
@@ -119,36 +118,28 @@ def compilation_cache(tmp_path_factory):
     jax.config.update(name, value)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, compilation_cache):
-  shared = str(tmp_path_factory.mktemp("shared"))
-  straight = str(tmp_path_factory.mktemp("straight"))
-  interrupted = str(tmp_path_factory.mktemp("interrupted"))
-  config = tiny_config(shared)
-
-  outcome_straight = loop.train(config, straight)
-
-  # 1. SIGTERM right after step 3 is logged: the guard turns it into a clean stop.
+def _preempted_run(config, workdir, at_step):
+  """`loop.train` with a SIGTERM delivered right after RL step `at_step` is logged."""
   real_write = observe.MetricWriter.write
 
   def write_then_preempt(self, phase, step, scalars):
     real_write(self, phase, step, scalars)
-    if phase == "rl" and step == 3:
+    if phase == "rl" and step == at_step:
       os.kill(os.getpid(), signal.SIGTERM)
 
   observe.MetricWriter.write = write_then_preempt
   try:
-    outcome_preempted = loop.train(config, interrupted)
+    return loop.train(config, workdir)
   finally:
     observe.MetricWriter.write = real_write
-  steps_after_preemption = ckpt_lib.Checkpointer(
-      os.path.join(interrupted, loop.CHECKPOINT_DIR), keep_last=2).all_steps()
 
-  # 2. A resumed child killed with SIGKILL while committing its step-4 checkpoint.
+
+def _killed_in_save(shared, workdir, cache_dir):
+  """Runs `_CHILD` and kills it with SIGKILL inside its step-4 save; returns its status."""
   marker = os.path.join(shared, "in_save")
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compilation_cache,
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  child = subprocess.Popen([sys.executable, "-c", _CHILD, shared, interrupted, marker],
+  child = subprocess.Popen([sys.executable, "-c", _CHILD, shared, workdir, marker],
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   try:
     while not os.path.exists(marker):
@@ -159,131 +150,85 @@ def runs(tmp_path_factory, compilation_cache):
   finally:
     child.wait()
     child.stdout.close()
-  leftovers = os.listdir(os.path.join(interrupted, loop.CHECKPOINT_DIR))
-  records_at_kill = _rl_records(interrupted)
-
-  # 3. Resume to the end.
-  outcome_resumed = loop.train(config, interrupted)
-  return dict(straight=straight, interrupted=interrupted, config=config,
-              outcome_straight=outcome_straight, outcome_preempted=outcome_preempted,
-              outcome_resumed=outcome_resumed, steps_after_preemption=steps_after_preemption,
-              child_returncode=child.returncode, leftovers=leftovers,
-              records_at_kill=records_at_kill)
+  return child.returncode
 
 
-def test_straight_run_finishes_with_finite_metrics(runs):
-  assert runs["outcome_straight"].finished and runs["outcome_straight"].rl_step == STEPS
-  records = _rl_records(runs["straight"])
-  assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-  for r in records:
-    assert np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) and r["skipped"] == 0.0
-    assert r["budget/code_io"] + r["budget/commit_msg"] == 4
-    assert 0.0 <= r["reward"] <= 1.0
-
-
-def test_sigterm_saves_and_stops_between_steps(runs):
-  outcome = runs["outcome_preempted"]
-  assert not outcome.finished
-  assert (outcome.stop_reason, outcome.signal, outcome.rl_step) == ("SIGTERM", signal.SIGTERM, 3)
-  # Step 2 is a regular checkpoint, step 3 the one written on the way out.
-  assert runs["steps_after_preemption"] == [2, 3]
-
-
-def test_kill_9_during_save_leaves_the_last_complete_checkpoint(runs):
-  assert runs["child_returncode"] == -signal.SIGKILL
-  assert sorted(n for n in runs["leftovers"] if n.isdigit()) == ["2", "3"]
-  assert any("tmp" in n for n in runs["leftovers"]), "the kill did not land inside the save"
-  # The killed child had logged step 4; the resumed run replaced that record.
-  assert [r["step"] for r in runs["records_at_kill"]] == [1, 2, 3, 4]
-
-
-def test_resumed_run_equals_straight_run_bitwise(runs):
-  assert runs["outcome_resumed"].finished and runs["outcome_resumed"].rl_step == STEPS
-  assert _rl_records(runs["interrupted"]) == _rl_records(runs["straight"])
-  step_a, state_a = _final_state(runs["straight"])
-  step_b, state_b = _final_state(runs["interrupted"])
-  assert step_a == step_b == STEPS
+def _assert_same_state(state_a, state_b):
   leaves_a, tree_a = jax.tree.flatten(state_a)
   leaves_b, tree_b = jax.tree.flatten(state_b)
   assert tree_a == tree_b
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # Training changed the policy: the equality above is not two untouched copies.
-  with ckpt_lib.Checkpointer(runs["config"].sft.cache_dir, keep_last=1) as sft_ckpt:
-    sft_state = ocp_restore(os.path.join(runs["config"].sft.cache_dir,
-                                         str(sft_ckpt.latest_step()), "state"))
-  changed = jax.tree.map(lambda x, y: not np.array_equal(x, y),
-                         sft_state["params"], state_a["train"]["params"])
-  assert any(jax.tree.leaves(changed))
 
 
-def ocp_restore(path):
+def _restore_item(path):
   import orbax.checkpoint as ocp
 
   return ocp.StandardCheckpointer().restore(path)
 
 
-def test_restart_of_a_finished_run_does_no_work(runs):
-  before = _rl_records(runs["straight"])
-  outcome = loop.train(runs["config"], runs["straight"])
+def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, compilation_cache):
+  shared, straight, interrupted = (str(tmp_path / n) for n in ("shared", "a", "b"))
+  config = tiny_config(shared)
+
+  # The straight run.
+  outcome = loop.train(config, straight)
   assert outcome.finished and outcome.rl_step == STEPS
-  assert _rl_records(runs["straight"]) == before
-
-
-def test_resume_with_a_result_changing_field_is_refused(runs):
-  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
-  config.rl.learning_rate = 1e-3
-  with pytest.raises(config_lib.ConfigError, match=r"config\.rl\.learning_rate: .*--workdir"):
-    loop.check_resume_config(config, runs["straight"])
-  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
-  config.rl.steps = 10  # extending a run is allowed
-  loop.check_resume_config(config, runs["straight"])
-
-
-def test_reward_reasons_are_counted(runs):
-  path = os.path.join(runs["straight"], "results", loop.REASONS_FILE)
-  with open(path) as f:
+  records = _rl_records(straight)
+  assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+  for r in records:
+    assert np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) and r["skipped"] == 0.0
+    assert r["budget/code_io"] + r["budget/commit_msg"] == 4
+    assert 0.0 <= r["reward"] <= 1.0
+  with open(os.path.join(straight, "results", loop.REASONS_FILE)) as f:
     reasons = json.load(f)
-  assert reasons["rl_step"] == STEPS
-  zero_rows = sum(r["zero_reward/code_io"] + r["zero_reward/commit_msg"]
-                  for r in _rl_records(runs["straight"]))
-  counted = sum(sum(c.values()) for c in reasons["zero_reward_reasons"].values())
-  assert counted == zero_rows
+  zero_rows = sum(r["zero_reward/code_io"] + r["zero_reward/commit_msg"] for r in records)
+  assert sum(sum(c.values()) for c in reasons["zero_reward_reasons"].values()) == zero_rows
 
+  # SIGTERM after step 3: a clean stop with a checkpoint of step 3 (2 is a regular one).
+  outcome = _preempted_run(config, interrupted, at_step=3)
+  assert not outcome.finished
+  assert (outcome.stop_reason, outcome.signal, outcome.rl_step) == ("SIGTERM", signal.SIGTERM, 3)
+  ckpt_dir = os.path.join(interrupted, loop.CHECKPOINT_DIR)
+  with ckpt_lib.Checkpointer(ckpt_dir, keep_last=2) as ckpt:
+    assert ckpt.all_steps() == [2, 3]
 
-def _save_hf_checkpoint(runs, directory):
-  """A tiny-world policy and its tokenizer written as a Hugging Face checkpoint."""
-  from astor_jax.model import get_preset, init_params
-  from astor_jax.model import transformer as transformer_lib
-  from astor_jax.model.hf import save_pretrained
+  # Resumed in a child killed with SIGKILL inside its step-4 save: 2 and 3 survive.
+  assert _killed_in_save(shared, interrupted, compilation_cache) == -signal.SIGKILL
+  leftovers = os.listdir(ckpt_dir)
+  assert sorted(n for n in leftovers if n.isdigit()) == ["2", "3"]
+  assert any("tmp" in n for n in leftovers), "the kill did not land inside the save"
+  assert [r["step"] for r in _rl_records(interrupted)] == [1, 2, 3, 4]  # 4 was logged
 
-  tokenizer = loop._load_or_train_tokenizer(runs["config"], runs["straight"], {}, {})
-  model = transformer_lib.Transformer(get_preset("tiny_world", vocab_size=len(tokenizer)))
-  params = init_params(model, jax.random.PRNGKey(7))
-  save_pretrained(str(directory), model, params, tokenizer)
-  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
-  config.model.preset = "hf"
-  config.model.hf_path = str(directory)
-  return config, tokenizer, params
+  # Resumed again to the end: the same records (step 4's replaced) and state, bit for bit.
+  outcome = loop.train(config, interrupted)
+  assert outcome.finished and outcome.rl_step == STEPS
+  assert _rl_records(interrupted) == records
+  step_a, state_a = _final_state(straight)
+  step_b, state_b = _final_state(interrupted)
+  assert step_a == step_b == STEPS
+  _assert_same_state(state_a, state_b)
+  # Training changed the policy: the equality above is not two untouched copies.
+  with ckpt_lib.Checkpointer(config.sft.cache_dir, keep_last=1) as sft_ckpt:
+    sft_state = _restore_item(os.path.join(config.sft.cache_dir, str(sft_ckpt.latest_step()),
+                                           "state"))
+  changed = jax.tree.map(lambda x, y: not np.array_equal(x, y), sft_state["params"],
+                         state_a["train"]["params"])
+  assert any(jax.tree.leaves(changed))
 
+  # Rerunning a finished run does nothing.
+  outcome = loop.train(config, straight)
+  assert outcome.finished and outcome.rl_step == STEPS
+  assert _rl_records(straight) == records
 
-def test_hf_preset_loads_the_model_from_hf_path(runs, tmp_path):
-  from astor_jax.model import make_mesh
-
-  config, tokenizer, params = _save_hf_checkpoint(runs, tmp_path)
-  model, loaded = loop._build_model(config, tokenizer, make_mesh())
-  assert model.config.vocab_size == len(tokenizer)
-  assert jax.tree.structure(loaded) == jax.tree.structure(params)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_hf_preset_loads_the_same_tokenizer_from_hf_path(runs, tmp_path):
-  config, tokenizer, _ = _save_hf_checkpoint(runs, tmp_path)
-  loaded = loop._load_or_train_tokenizer(config, str(tmp_path / "w"), {}, {})
-  text = "def f(x):\n    return x * 3 + 1\n[ANSWER]f(2)[/ANSWER]"
-  assert loaded.encode(text) == tokenizer.encode(text)
-  assert len(loaded) == len(tokenizer)
+  # A resume that would change the results is refused; extending the run is not.
+  changed_config = tiny_config(shared)
+  changed_config.rl.learning_rate = 1e-3
+  with pytest.raises(config_lib.ConfigError, match=r"config\.rl\.learning_rate: .*--workdir"):
+    loop.check_resume_config(changed_config, straight)
+  longer = tiny_config(shared)
+  longer.rl.steps = 10
+  loop.check_resume_config(longer, straight)
 
 
 class _Poisoned:
@@ -293,10 +238,9 @@ class _Poisoned:
   reason = "poisoned"
 
 
-def test_guards_skip_bad_updates_and_count_failed_scoring(runs, tmp_path, monkeypatch):
+def test_guards_skip_bad_updates_and_count_failed_scoring(tmp_path, monkeypatch):
   """Step 1: scoring raises (all rewards 0, counted); step 2: NaN reward; step 3: NaN loss."""
-  config = tiny_config(os.path.dirname(runs["config"].sft.cache_dir))
-  config.phases = ("sft", "rl")
+  config = tiny_config(str(tmp_path / "shared"))
   config.rl.steps = 3
   calls = {"score": 0, "train": 0}
   real_score, real_collect = loop.score_batch, loop._collect_rewards
@@ -348,6 +292,41 @@ def test_guards_skip_bad_updates_and_count_failed_scoring(runs, tmp_path, monkey
   failed = sum(n for task in reasons["zero_reward_reasons"].values()
                for reason, n in task.items() if reason.startswith("scoring failed: RuntimeError"))
   assert failed == config.rl.batch_prompts * config.rl.group_size
+
+
+def _save_hf_checkpoint(directory):
+  """A tiny-world-shaped policy and a tokenizer written as a Hugging Face checkpoint."""
+  from astor_jax.data.tokenizer import train_tokenizer
+  from astor_jax.model import get_preset, init_params
+  from astor_jax.model import transformer as transformer_lib
+  from astor_jax.model.hf import save_pretrained
+
+  texts = ["def f(x):\n    return x * 3 + 1\n[ANSWER]f(2)[/ANSWER]\n"] * 20
+  tokenizer = train_tokenizer(texts, 300, str(directory / "tokenizer"))
+  model = transformer_lib.Transformer(get_preset("tiny_world", vocab_size=len(tokenizer)))
+  params = init_params(model, jax.random.PRNGKey(7))
+  save_pretrained(str(directory / "hf"), model, params, tokenizer)
+  config = tiny_config(str(directory / "shared"))
+  config.model.preset = "hf"
+  config.model.hf_path = str(directory / "hf")
+  return config, tokenizer, params
+
+
+def test_hf_preset_loads_the_model_from_hf_path(tmp_path):
+  from astor_jax.model import make_mesh
+
+  config, tokenizer, params = _save_hf_checkpoint(tmp_path)
+  model, loaded = loop._build_model(config, tokenizer, make_mesh())
+  assert model.config.vocab_size == len(tokenizer)
+  _assert_same_state(params, loaded)
+
+
+def test_hf_preset_loads_the_same_tokenizer_from_hf_path(tmp_path):
+  config, tokenizer, _ = _save_hf_checkpoint(tmp_path)
+  loaded = loop._load_or_train_tokenizer(config, str(tmp_path / "w"), {}, {})
+  text = "def f(x):\n    return x * 3 + 1\n[ANSWER]f(2)[/ANSWER]"
+  assert loaded.encode(text) == tokenizer.encode(text)
+  assert len(loaded) == len(tokenizer)
 
 
 def test_stop_check_reports_signal_before_wall_time():
