@@ -97,7 +97,8 @@ REASONS_FILE = "reward_reasons.json"
 # what it logs and keeps, how evaluation is done, and how many sandbox workers
 # score (results do not depend on it).
 RESUMABLE_CHANGES = ("phases", "max_wall_time_s", "rl.steps", "log.", "checkpoint.", "eval.",
-                     "execution.num_workers", "sft.cache_dir", "data.data_dir")
+                     "execution.num_workers", "sft.cache_dir", "sft.checkpoint_every_steps",
+                     "data.data_dir")
 
 # Streams of randomness derived from config.seed (fold_in tags).
 _INIT_KEY, _TRAIN_KEY, _SCHEDULE_KEY, _ROLLOUT_KEY, _EVAL_KEY = range(5)
