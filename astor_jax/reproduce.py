@@ -66,7 +66,6 @@ import ast
 import collections
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -80,6 +79,7 @@ from typing import Any
 
 import ml_collections
 
+from astor_jax import method_configs
 from astor_jax.eval import table as table_lib
 from astor_jax.train import observe
 
@@ -459,11 +459,7 @@ def load_config(relative_path: str, arg: str | None) -> ml_collections.ConfigDic
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: missing; run from a checkout of the repository "
                             "(the suite's configs live in configs/)")
-  spec = importlib.util.spec_from_file_location(
-      "_reproduce_" + relative_path.replace("/", "_").replace(".", "_"), path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return method_configs.load_module(path).get_config(arg)
 
 
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:

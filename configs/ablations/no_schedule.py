@@ -7,7 +7,7 @@ r"""ASTOR without scheduling: uniform task budgets, calibration kept.
       --config=configs/ablations/no_schedule.py:base=paper/qwen25_coder_7b.py:8xh100 ...
 
 ASTOR (configs/astor.py, or the base that `base=` names; arg syntax in
-configs/baselines/_method.py) with one change:
+astor_jax/method_configs.py) with one change:
 
   astor.schedule = "uniform": every step splits the batch equally among the
   tasks. The utilities are still computed and still drive the per-task KL
@@ -17,20 +17,10 @@ configs/baselines/_method.py) with one change:
 Everything else, the rollout budget included, is the base's.
 """
 
-import importlib.util
-import os
-
-
-def _method():
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "baselines", "_method.py")
-  spec = importlib.util.spec_from_file_location("_baseline_method", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from astor_jax import method_configs
 
 
 def get_config(arg=None):
-  c, _ = _method().parse_arg(arg, "ablations/no_schedule.py")
+  c, _ = method_configs.parse_arg(arg, __file__)
   c.astor.schedule = "uniform"
   return c

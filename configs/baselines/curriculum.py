@@ -6,7 +6,7 @@ r"""Curriculum multi-task RL: the tasks one after another in a fixed order.
       --workdir=runs/curriculum
 
 Arg: `order=T1>T2>...` (every task of the base config exactly once; default: the
-base's `tasks` order), then the usual base tokens (configs/baselines/_method.py).
+base's `tasks` order), then the usual base tokens (astor_jax/method_configs.py).
 
 What defines the method (`astor.schedule = "curriculum"`,
 astor_jax/astor/schedule.py): the RL steps are cut into K equal stages; in stage
@@ -22,21 +22,11 @@ average score of the shared SFT warm start and passes
 by its zero-shot scores the same way.
 """
 
-import importlib.util
-import os
-
-
-def _method():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_method.py")
-  spec = importlib.util.spec_from_file_location("_baseline_method", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from astor_jax import method_configs
 
 
 def get_config(arg=None):
-  method = _method()
-  c, values = method.parse_arg(arg, "baselines/curriculum.py", options={"order": ""})
+  c, values = method_configs.parse_arg(arg, __file__, options={"order": ""})
   order = tuple(t for t in values["order"].split(">") if t) or tuple(c.tasks)
   if sorted(order) != sorted(c.tasks):
     raise ValueError(
@@ -44,5 +34,5 @@ def get_config(arg=None):
         f"the base config exactly once, separated by '>', e.g. order={'>'.join(c.tasks)}")
   c.astor.schedule = "curriculum"
   c.astor.curriculum_order = order
-  method.use_fixed_kl(c)
+  method_configs.use_fixed_kl(c)
   return c

@@ -7,7 +7,7 @@ r"""Model merging: evaluate the merge of the per-task specialists' weights.
 
 Arg: the merge method (uniform | task_arithmetic), optionally `scale=LAMBDA`
 (task arithmetic's coefficient), then the usual base tokens
-(configs/baselines/_method.py).
+(astor_jax/method_configs.py).
 
 The merged weights come from `astor_jax.merge` (formulas there): the uniform
 average of the K specialists' final params, or task arithmetic,
@@ -27,25 +27,15 @@ lambda = 1/K is exactly the uniform average and lambda = 1 the plain sum, so
 tuning budget.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from astor_jax import method_configs
 
 METHODS = ("uniform", "task_arithmetic")
 
 
-def _method():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_method.py")
-  spec = importlib.util.spec_from_file_location("_baseline_method", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  method = _method()
-  c, values = method.parse_arg(arg, "baselines/merging.py", options={"scale": "0.5"},
+  c, values = method_configs.parse_arg(arg, __file__, options={"scale": "0.5"},
                                positional=("method", METHODS))
   try:
     scale = float(values["scale"])

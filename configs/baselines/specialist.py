@@ -6,7 +6,7 @@ r"""Per-task specialists: one single-task RL run per task, selected by the confi
       --config=configs/baselines/specialist.py:test_gen,base=paper/qwen3_8b.py:v5p-128 ...
 
 Arg: the task (code_io | code_gen | test_gen | commit_msg), then the usual base
-tokens (configs/baselines/_method.py) and `budget=split|full`.
+tokens (astor_jax/method_configs.py) and `budget=split|full`.
 
 What defines the method: the whole batch goes to the one task
 (`astor.schedule = "specialist"`), under plain GRPO's single fixed KL
@@ -25,24 +25,14 @@ Compute (`budget`):
                    specialists; the reproduction suite does not use it.
 """
 
-import importlib.util
-import os
+from astor_jax import method_configs
 
 TASKS = ("code_io", "code_gen", "test_gen", "commit_msg")
 BUDGETS = ("split", "full")
 
 
-def _method():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_method.py")
-  spec = importlib.util.spec_from_file_location("_baseline_method", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  method = _method()
-  c, values = method.parse_arg(arg, "baselines/specialist.py", options={"budget": "split"},
+  c, values = method_configs.parse_arg(arg, __file__, options={"budget": "split"},
                                positional=("task", TASKS))
   task, budget = values["task"], values["budget"]
   if task not in c.tasks:
@@ -53,7 +43,7 @@ def get_config(arg=None):
                      "(equal compute, the default) or budget=full")
   c.astor.schedule = "specialist"
   c.astor.specialist_task = task
-  method.use_fixed_kl(c)
+  method_configs.use_fixed_kl(c)
   if budget == "split":
     num_tasks = len(c.tasks)
     if c.rl.batch_prompts % num_tasks:

@@ -23,10 +23,9 @@ configs/astor.py, so they are documented here):
                       shrinks by this factor.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from astor_jax import method_configs
 
 # Dataset and checkpoint fields the user must point at local copies (on TPU VMs,
 # launch/tpu_vm.sh copies them from GCS to every worker first).
@@ -35,11 +34,8 @@ REQUIRED_FIELDS = ("model.hf_path", "data.cruxeval_path", "data.mbpp_path",
 
 
 def _astor_config():
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "astor.py")
-  spec = importlib.util.spec_from_file_location("_astor_default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return method_configs.load_config_file(
+      "astor.py", configs_dir=method_configs.configs_dir_of(__file__))
 
 
 def build(file_name: str, shape_preset: str, targets: dict, default_target: str,

@@ -26,8 +26,9 @@ Fields beyond configs/astor.py are described in configs/paper/_base.py; the
 memory plan per target is in docs/scale_out.md.
 """
 
-import importlib.util
 import os
+
+from astor_jax import method_configs
 
 TARGETS = {
     "v4-64": dict(mesh=(1, 32, 1), microbatches=16, remat_policy="full"),
@@ -40,11 +41,8 @@ VARIANTS = tuple(TARGETS)
 
 
 def _base():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py")
-  spec = importlib.util.spec_from_file_location("_paper_base_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return method_configs.load_module(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"))
 
 
 def get_config(arg=None):

@@ -1,5 +1,9 @@
 r"""Shared builder of the baseline and ablation configs: a base config plus a method.
 
+Used by every file under configs/baselines/ and configs/ablations/ as
+`method_configs.parse_arg(arg, __file__, ...)`; the configs folder is the one
+that holds the calling file's folder.
+
 Every file under configs/baselines/ and configs/ablations/ starts from a base
 config (configs/astor.py by default, so there is one source of truth for the
 model, data, sampler, RL and eval settings) and changes only the fields that
@@ -36,17 +40,33 @@ import os
 
 import ml_collections
 
-CONFIGS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BASE = "astor.py"
 BASE_VARIANTS = ("default", "smoke")
 
 
-def load_config_file(relative_path: str, variant: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(variant)` of the config file at `configs/<relative_path>`.
+def configs_dir_of(method_file: str) -> str:
+  """The configs folder of a method file: the parent of the folder that holds it."""
+  return os.path.dirname(os.path.dirname(os.path.abspath(method_file)))
+
+
+def load_module(path: str):
+  """Executes the Python file at `path` as a fresh module (config files are not a package)."""
+  name = "_config_" + os.path.abspath(path).replace(os.sep, "_").replace(".", "_")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(relative_path: str, variant: str | None = None, *,
+                     configs_dir: str) -> ml_collections.ConfigDict:
+  """`get_config(variant)` of the config file at `<configs_dir>/<relative_path>`.
 
   Args:
-    relative_path: path under configs/, e.g. "astor.py" or "paper/qwen3_8b.py".
+    relative_path: path under configs/, e.g. "astor.py" or "paper/qwen3_8b.py"
+      (an absolute path is used as it is).
     variant: the text after the colon (None: the file's default).
+    configs_dir: the configs folder.
 
   Returns:
     The config.
@@ -54,27 +74,24 @@ def load_config_file(relative_path: str, variant: str | None = None) -> ml_colle
   Raises:
     ValueError: the file does not exist or has no `get_config`.
   """
-  path = os.path.normpath(os.path.join(CONFIGS_DIR, relative_path))
+  path = os.path.normpath(os.path.join(configs_dir, relative_path))
   if not os.path.isfile(path):
     raise ValueError(f"base={relative_path}: no such config file under configs/; "
                      "name one such as astor.py or paper/qwen25_coder_7b.py")
-  name = "_base_config_" + relative_path.replace("/", "_").replace(".", "_")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ValueError(f"base={relative_path}: the file defines no get_config(arg)")
   return module.get_config(variant)
 
 
-def parse_arg(arg: str | None, file_name: str, *, options: dict[str, str] | None = None,
+def parse_arg(arg: str | None, method_file: str, *, options: dict[str, str] | None = None,
               positional: tuple[str, tuple[str, ...]] | None = None,
               ) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
   """Splits a method file's config arg into its base config and its own tokens.
 
   Args:
     arg: the text after the colon, or None.
-    file_name: the calling file relative to configs/ (for messages).
+    method_file: the calling config file (its `__file__`).
     options: NAME -> default for the NAME=VALUE tokens the file accepts.
     positional: (name, choices) when the file takes one bare WORD; it must be given.
 
@@ -86,6 +103,8 @@ def parse_arg(arg: str | None, file_name: str, *, options: dict[str, str] | None
     ValueError: an unknown token, a repeated one, or a missing/invalid
       positional, naming it and the accepted forms.
   """
+  configs_dir = configs_dir_of(method_file)
+  file_name = os.path.relpath(os.path.abspath(method_file), configs_dir)
   options = dict(options or {})
   values = dict(options)
   base_file, base_variant = DEFAULT_BASE, None
@@ -113,7 +132,7 @@ def parse_arg(arg: str | None, file_name: str, *, options: dict[str, str] | None
     seen.add(key)
   if positional is not None and positional[0] not in values:
     raise ValueError(f"configs/{file_name}: missing the {positional[0]}; {usage}")
-  base = load_config_file(base_file, base_variant)
+  base = load_config_file(base_file, base_variant, configs_dir=configs_dir)
   base.variant = f"{file_name}:{arg or ''}"
   return base, values
 
