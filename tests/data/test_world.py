@@ -75,6 +75,31 @@ def test_io_pairs_and_hidden_tests_are_true(generated):
       exec(suite["code"], dict(ns))
 
 
+def test_test_gen_reference_is_two_simple_assertions(generated):
+  # Two assertions on the simplest covering inputs: short enough that a small
+  # policy can work the outputs out (module doc of world.py).
+  for e in generated["test_gen", "train"] + generated["test_gen", "test"]:
+    lines = e["reference_tests"].splitlines()
+    assert len(lines) == 2 and all(line.startswith("assert f(") for line in lines)
+    assert [s["code"] for s in e["suites"]] == lines
+    assert all(len(line) <= 48 for line in lines), lines
+  first_args = [e["reference_tests"].split(")")[0] for e in generated["test_gen", "train"]]
+  # Empty or zero inputs come first where they cover something.
+  assert sum(a.endswith(("f(0", "f([]", "f(''")) for a in first_args) >= len(first_args) // 2
+
+
+def test_fingerprint_names_the_generator_version():
+  assert SPEC.fingerprint() == dataclasses.replace(SPEC).fingerprint()
+  assert SPEC.fingerprint() != dataclasses.replace(SPEC, seed=6).fingerprint()
+  original = world.GENERATOR_VERSION
+  try:
+    world.GENERATOR_VERSION = original + 1
+    changed = SPEC.fingerprint()
+  finally:
+    world.GENERATOR_VERSION = original
+  assert changed != SPEC.fingerprint()
+
+
 def test_code_gen_instructions_and_stub(generated):
   for e in generated["code_gen", "test"]:
     assert e["stub"].startswith("def f(") and e["reference"].startswith(e["stub"])
