@@ -27,7 +27,9 @@ One function, compiled once per batch shape, over `Mesh(("data", "fsdp",
      gradients' Gram matrix (summing the gradients', or their sketches',
      contributions over microbatches; the K gradients stay sharded like the
      parameters and the Gram is a sum of per-leaf contractions, see
-     `astor.synergy`); `lax.cond` skips this work on other steps;
+     `astor.synergy`); `lax.cond` skips this work on other steps, and with
+     one task (no cross-task cosine to measure) the program has no synergy
+     branch at all;
   4. folds the statistics into the UtilityState (utility, priorities, per-task
      KL calibration) and returns per-task metrics.
 
@@ -222,6 +224,10 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
   aggregation = losses.get_aggregation(rl_hp.loss_aggregation)
   kl_estimator = calibrate.get_kl_estimator(rl_hp.kl_estimator)
   num_devices = _batch_axis_size(mesh)
+  # One task has no cross-task cosine to measure: the step then carries no
+  # synergy branch at all (smaller program, and its first call is a steady one).
+  with_synergy_branch = num_tasks > 1
+  entropy_in_loss = rl_hp.entropy_coef != 0.0
   num_minibatches, num_microbatches = rl_hp.minibatches, rl_hp.microbatches
   shard_map = functools.partial(jax.shard_map, mesh=mesh)
   split = functools.partial(_split_rows, mesh=mesh)
@@ -242,8 +248,18 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
   def microbatch_grads(params, mb, weights, sketch_key):
     """Loss terms, gradients, per-task sums and (if asked) synergy features of one chunk."""
-    (logp, ent), pullback = jax.vjp(
-        lambda p: logprob_fn(p, mb["tokens"], mb["positions"], mb["input_mask"]), params)
+    def policy(p):
+      return logprob_fn(p, mb["tokens"], mb["positions"], mb["input_mask"])
+
+    if entropy_in_loss:
+      (logp, ent), pullback = jax.vjp(policy, params)
+    else:
+      # Without an entropy bonus the entropy is only a metric: an auxiliary
+      # output of the forward pass, so the backward pass does not pull it back.
+      logp, pull_logp, ent = jax.vjp(policy, params, has_aux=True)
+
+      def pullback(cotangents):
+        return pull_logp(cotangents[0])
 
     def objective(logp, ent):
       parts = losses.token_losses(logp, ent, mb["old"], mb["ref"], mb["adv"], rl_hp.clip_eps,
@@ -289,7 +305,8 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
         batch.rewards, batch.group_ids, batch.task_ids, batch.prompt_ids, batch.row_mask)
 
     rng, sketch_key = jax.random.split(train_state.rng)
-    synergy_now = utility_state.step % astor_hp.synergy_interval == 0
+    synergy_now = (utility_state.step % astor_hp.synergy_interval == 0
+                   if with_synergy_branch else jnp.asarray(False))
     rows = dict(
         tokens=batch.tokens, positions=batch.positions, input_mask=batch.input_mask,
         completion_mask=batch.completion_mask, task_ids=batch.task_ids,
@@ -306,24 +323,27 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
       weights = weights_fn(mb["completion_mask"], mb["row_mask"])
       if num_microbatches == 1:
         terms, grads, sums, features = microbatch_grads(params, mb, weights, sketch_key)
-        grad_gram = lax.cond(with_synergy, lambda: synergy.features_gram(features()),
-                             lambda: jnp.zeros((num_tasks, num_tasks), jnp.float32))
+        no_gram = jnp.zeros((num_tasks, num_tasks), jnp.float32)
+        grad_gram = (lax.cond(with_synergy, lambda: synergy.features_gram(features()),
+                              lambda: no_gram) if with_synergy_branch else no_gram)
       else:
         chunks = jax.tree.map(lambda x: split(x, parts=num_microbatches),
                               dict(mb, weights=weights))
         # Accumulate in float32 whatever the parameter dtype.
         init = (like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)),
-                _zero_features(params, num_tasks, astor_hp.synergy_sketch_dim))
-        if astor_hp.synergy_sketch_dim == 0:
+                _zero_features(params, num_tasks, astor_hp.synergy_sketch_dim)
+                if with_synergy_branch else ())
+        if astor_hp.synergy_sketch_dim == 0 and with_synergy_branch:
           init = (init[0], like_stacked_params(init[1]))
 
         def accumulate(acc, chunk):
           grads_acc, features_acc = acc
           terms, grads, sums, features = microbatch_grads(params, chunk, chunk["weights"],
                                                           sketch_key)
-          features_acc = lax.cond(
-              with_synergy, lambda f: jax.tree.map(jnp.add, f, features()), lambda f: f,
-              features_acc)
+          if with_synergy_branch:
+            features_acc = lax.cond(
+                with_synergy, lambda f: jax.tree.map(jnp.add, f, features()), lambda f: f,
+                features_acc)
           grads_acc = like_params(
               jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads))
           return (grads_acc, features_acc), (terms, sums)
@@ -331,7 +351,8 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
         (grads, features_sum), (terms, sums) = lax.scan(accumulate, init, chunks)
         terms = jax.tree.map(lambda x: x.sum(axis=0), terms)
         sums = jax.tree.map(lambda x: x.sum(axis=0), sums)
-        grad_gram = synergy.features_gram(features_sum)
+        grad_gram = (synergy.features_gram(features_sum) if with_synergy_branch
+                     else jnp.zeros((num_tasks, num_tasks), jnp.float32))
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
       out = dict(terms, grad_norm=optax.global_norm(grads), grad_gram=grad_gram,

@@ -161,6 +161,52 @@ def test_update_equals_the_direct_gradient_and_synergy_the_task_cosines(setup):
   np.testing.assert_allclose(metrics["per_task/logprob_mismatch"], 0.01, rtol=1e-3)
 
 
+def test_plain_grpo_one_task_no_entropy_bonus(setup, monkeypatch):
+  """The peers' GRPO (one task, rl.entropy_coef = 0): the update is the direct gradient of
+  the loss without entropy, the entropy is still reported, and the program traces no
+  task-gradient (synergy) branch, so its first call is a steady one and leaves the synergy
+  statistics untouched."""
+
+  def no_task_gradients(*args, **kwargs):
+    raise AssertionError("one task: the step must not trace per-task gradients")
+
+  monkeypatch.setattr(synergy, "task_features", no_task_gradients)
+  config = load_config()
+  config.tasks = ("code_gen",)
+  config.astor.curriculum_order = ("code_gen",)
+  config.rl.entropy_coef = 0.0
+  hp = hparams.astor_hparams(config)
+  group = np.arange(N) // G
+  batch = setup["batch"]._replace(task_ids=np.zeros(N, np.int32),
+                                  prompt_ids=group.astype(np.int32))
+  utility_state = jax.device_get(utility.init([8], hp, utility.rng_key(2)))
+  run = Run(config, make_mesh(devices=jax.devices()[:1]), setup["optimizer"])
+  train_state, new_utility, metrics = run(setup["train_state"], utility_state, batch)
+
+  beta = jnp.asarray(utility_state.kl.beta)
+
+  def loss_fn(params):
+    adv = advantages.grpo_advantages(batch.rewards, batch.group_ids, batch.row_mask, N)
+    logp, _ = token_logprobs(MODEL, params, batch.tokens, batch.positions, batch.input_mask)
+    weights = losses.seq_mean_token_mean_weights(batch.completion_mask, batch.row_mask,
+                                                 L - PROMPT)
+    pg, _ = losses.clipped_surrogate(logp, batch.old_logprobs, adv, 0.2)
+    kl = calibrate.kl_k3(logp, batch.ref_logprobs)
+    return jnp.sum(weights * (pg + beta[batch.task_ids][:, None] * kl))
+
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(PARAMS)
+  expected = jax.tree.map(lambda p, g: p - LR * g, PARAMS, grads)
+  for got, want in zip(jax.tree.leaves(train_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  assert float(metrics["entropy_bonus"]) == 0.0
+  _, ent = token_logprobs(MODEL, PARAMS, batch.tokens, batch.positions, batch.input_mask)
+  mask = batch.completion_mask & batch.row_mask[:, None]
+  np.testing.assert_allclose(metrics["entropy"], np.asarray(ent)[mask].mean(), rtol=1e-5)
+  np.testing.assert_array_equal(new_utility.synergy_seen, [[False]])
+  np.testing.assert_array_equal(new_utility.synergy, [[0.0]])
+
+
 def assert_trees_close(a, b, atol=1e-5):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
