@@ -12,12 +12,31 @@ Two levels, from the outside in (see `worker.py` for the process tree):
   outside those paths (home directories, the repository, other users' /tmp)
   simply do not exist for jobs, and the paths that do are read-only. Last, a
   pid namespace of which the worker is pid 1, with a /proc that shows only
-  the worker and its current job, and an IPC namespace that the worker empties
-  after every job.
-* program (per job): a new mount namespace with a private, size-capped
-  tmpfs on /tmp (the working directory lives there); a nested user namespace
-  in which it is uid 1000; no capabilities; no_new_privs; its own session;
-  rlimits; a scrubbed environment.
+  the worker and its current job, an IPC namespace, and a size-capped tmpfs on
+  /tmp. no_new_privs is set and the capability bounding set emptied once here.
+* program (per job): the worker's own /tmp, emptied before the job (the
+  working directory /tmp/job is the only thing in it) and again after it, its
+  size set to the job's `max_disk_mb`; an unprivileged uid (JOB_UID) that owns
+  nothing outside the job; no capabilities; its own session; rlimits; a
+  scrubbed environment.
+
+Why /tmp and the IPC namespace can be per worker rather than per job: a
+worker runs one job at a time and is pid 1 of its pid namespace, so when it
+empties /tmp (and removes every System V IPC object) after `kill(-1, SIGKILL)`
+no process of the old job is alive to write anything, hold a file open or see
+the next job's files. The only way from one job to the next is what is left
+in those two places, and both are emptied; the host was never reachable from
+either. A job cannot remount or unmount /tmp: it holds no capability in the
+worker's user namespace, which owns the mount namespace.
+
+How the job's uid is made. As root on the host, the worker's user namespace
+maps two host uids (and gids): its own, `uid_base + 2 * slot`, as 0, and the
+job's, `uid_base + 2 * slot + 1`, as JOB_UID; the job `setresuid`s to JOB_UID,
+which clears every capability (the kernel drops them when all of a process's
+uids leave 0) and, being another uid than the worker's, may not signal,
+ptrace or read /proc of the worker. Rootless, only one uid can be mapped, so
+each job enters a nested user namespace instead, where it is JOB_UID mapped to
+the worker's uid, and drops its capabilities there explicitly.
 
 Where the host refuses namespaces the worker steps and the program's
 namespaces are skipped: the job then runs in a fresh host temp directory, as
@@ -54,10 +73,22 @@ UID_RANGE_START = 1_500_000_000
 MAX_WORKERS = 1024
 
 
+UIDS_PER_SLOT = 2  # the worker's host uid and its jobs'
+
+
 def default_uid_base() -> int:
-  """A uid block of MAX_WORKERS uids picked by our pid, so that pools running at
-  once (e.g. test processes) rarely share uids."""
-  return UID_RANGE_START + (os.getpid() % 500_000) * MAX_WORKERS
+  """A block of uids for MAX_WORKERS slots picked by our pid, so that pools
+  running at once (e.g. test processes) rarely share uids."""
+  return UID_RANGE_START + (os.getpid() % 250_000) * MAX_WORKERS * UIDS_PER_SLOT
+
+
+def worker_host_uid(uid_base: int, slot: int) -> int:
+  return uid_base + UIDS_PER_SLOT * slot
+
+
+def job_host_uid(uid_base: int, slot: int) -> int:
+  """Host uid of slot `slot`'s jobs (as root; JOB_UID inside the namespaces)."""
+  return uid_base + UIDS_PER_SLOT * slot + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +99,8 @@ class SandboxSpec:
     isolation: "namespaces" or "rlimits" (the mode actually used).
     read_only_paths: extra host paths jobs may read (namespaces mode).
     env: the jobs' environment, exactly.
-    uid_base: host uid of worker slot 0 when the pool runs as root.
+    uid_base: host uid of worker slot 0 when the pool runs as root (see
+      `worker_host_uid` and `job_host_uid` for the others).
     drop_uid: rlimits mode as root: run jobs as `uid_base + slot` (False
       only when that uid cannot read the interpreter; jobs then run as root
       without capabilities, which the pool's warning spells out).
@@ -127,24 +159,25 @@ def _write(path: str, text: str) -> None:
     os.close(fd)
 
 
-def _map_ids(pid: str, host_uid: int, host_gid: int, deny_setgroups: bool) -> None:
+def _map_ids(pid: str, uid_map: str, gid_map: str, deny_setgroups: bool) -> None:
   if deny_setgroups:
     _write(f"/proc/{pid}/setgroups", "deny")  # required to map a gid without CAP_SETGID
-  _write(f"/proc/{pid}/uid_map", f"0 {host_uid} 1\n")
-  _write(f"/proc/{pid}/gid_map", f"0 {host_gid} 1\n")
+  _write(f"/proc/{pid}/uid_map", uid_map)
+  _write(f"/proc/{pid}/gid_map", gid_map)
 
 
-def _enter_user_namespace(host_id: int) -> None:
-  """Unshares a user namespace where we are root, mapped to `host_id` on the host.
+def _enter_user_namespace(host_id: int, job_host_id: int) -> None:
+  """Unshares a user namespace where we are root, mapped to `host_id` on the host
+  (and JOB_UID to `job_host_id`, as root).
 
   Only a process holding CAP_SETUID in the parent namespace may map a uid
   other than its own, so as root a helper forked beforehand (still host root)
-  writes the maps; without root we map our own uid and gid.
+  writes the maps; without root we map our own uid and gid, and nothing else.
   """
   if os.geteuid() != 0:
     uid, gid = os.geteuid(), os.getegid()
     linux.unshare(linux.CLONE_NEWUSER)
-    _map_ids("self", uid, gid, deny_setgroups=True)
+    _map_ids("self", f"0 {uid} 1\n", f"0 {gid} 1\n", deny_setgroups=True)
     return
   go_r, go_w = os.pipe()
   done_r, done_w = os.pipe()
@@ -156,7 +189,8 @@ def _enter_user_namespace(host_id: int) -> None:
       os.close(go_w)
       os.close(done_r)
       if os.read(go_r, 1) == b"1":
-        _map_ids(str(me), host_id, host_id, deny_setgroups=False)
+        ids = f"0 {host_id} 1\n{JOB_UID} {job_host_id} 1\n"
+        _map_ids(str(me), ids, ids, deny_setgroups=False)
         code = 0
     except BaseException:  # noqa: BLE001 - the exit status says it failed
       pass
@@ -196,10 +230,11 @@ def enter_worker_namespaces(slot: int, spec: SandboxSpec) -> None:
   if os.geteuid() == 0:
     linux.unshare(linux.CLONE_NEWNS)
     _build_root(*_open_sources(paths))
-    _enter_user_namespace(spec.uid_base + slot)
+    _enter_user_namespace(worker_host_uid(spec.uid_base, slot),
+                          job_host_uid(spec.uid_base, slot))
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWUTS)
   else:
-    _enter_user_namespace(0)
+    _enter_user_namespace(0, 0)
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWNET | linux.CLONE_NEWUTS)
     _build_root(*_open_sources(paths))
   if os.getuid() != 0:
@@ -296,21 +331,42 @@ def _unescape(field: str) -> str:
   return "".join(out)
 
 
+def job_uid_is_mapped() -> bool:
+  """Whether JOB_UID exists in this (the worker's) user namespace (root host)."""
+  with open("/proc/self/uid_map") as f:
+    return any(line.split()[0] == str(JOB_UID) for line in f)
+
+
 def mount_worker_proc() -> None:
   """In the worker, pid 1 of its new pid namespace: a /proc showing only it and its job."""
   linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
-def enter_job_namespaces(limits: Limits) -> None:
-  """In the program's process: a new mount namespace with a private /tmp."""
-  linux.unshare(linux.CLONE_NEWNS)
+def _tmp_options(max_disk_mb: int) -> str:
+  return f"size={max_disk_mb}m,nr_inodes={max(1024, max_disk_mb * 256)},mode=1777"
+
+
+def mount_worker_tmp(max_disk_mb: int) -> None:
+  """In the worker: a fresh tmpfs on /tmp, the home of its jobs' files."""
   linux.mount("tmpfs", "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
-              f"size={limits.max_disk_mb}m,nr_inodes={max(1024, limits.max_disk_mb * 256)},"
-              "mode=1777")
+              _tmp_options(max_disk_mb))
+
+
+def resize_worker_tmp(max_disk_mb: int) -> None:
+  """Sets the (empty) /tmp's size cap to a job's `max_disk_mb`."""
+  linux.mount(None, "/tmp", None, linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV,
+              _tmp_options(max_disk_mb))
+
+
+def replace_worker_tmp(max_disk_mb: int) -> None:
+  """Detaches /tmp whatever it holds and mounts an empty one (the slow way to empty it)."""
+  linux.umount2("/tmp", linux.MNT_DETACH)
+  mount_worker_tmp(max_disk_mb)
 
 
 def enter_program_user_namespace() -> None:
-  """In the program's process: a nested user namespace where it is JOB_UID.
+  """Rootless hosts, in the program's process: a nested user namespace where it is
+  JOB_UID (mapped to the worker's uid), with no capabilities.
 
   Called while still holding CAP_SETFCAP in the worker's namespace, which
   Linux >= 5.12 requires to map that namespace's uid 0 into a child one.
@@ -321,6 +377,7 @@ def enter_program_user_namespace() -> None:
   _write("/proc/self/gid_map", f"{JOB_UID} 0 1\n")
   os.setresgid(JOB_UID, JOB_UID, JOB_UID)
   os.setresuid(JOB_UID, JOB_UID, JOB_UID)
+  linux.drop_capabilities()  # uid 0 was never ours here, so setresuid kept them
 
 
 def drop_to_uid(uid: int) -> None:

@@ -124,20 +124,25 @@ def drop_bounding_set(last_cap: int) -> None:
       pass  # EINVAL for capabilities this kernel does not know; EPERM without CAP_SETPCAP
 
 
-def drop_capabilities() -> None:
-  """Empties the ambient, effective, permitted and inheritable sets; no_new_privs.
+def drop_ambient_and_gain() -> None:
+  """Empties the ambient set and sets no_new_privs (inherited by every child).
 
   no_new_privs makes sure no later execve (setuid binary, file capabilities)
-  gives any of them back.
+  gives a capability back.
   """
   try:
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
   except OSError:
     pass  # kernels before 4.3 have no ambient set
+  prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def drop_capabilities() -> None:
+  """Empties the ambient, effective, permitted and inheritable sets; no_new_privs."""
+  drop_ambient_and_gain()
   header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
   data = (_CapData * 2)()
   _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
-  prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
 # System V IPC objects (<sys/ipc.h>): removed after each job of a worker.

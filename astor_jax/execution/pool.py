@@ -112,10 +112,10 @@ class ExecutionPool:
       parent's environment; they get PATH (the interpreter's bin first), LANG,
       PYTHONIOENCODING, HOME, TMPDIR and OMP/OPENBLAS/MKL_NUM_THREADS=1, plus
       these (which win).
-    uid_base: when the pool runs as root, worker slot i runs its jobs as host
-      uid `uid_base + i` (an otherwise unused uid, so that per-uid limits and
-      signals never reach other processes); None picks a block from
-      1_500_000_000 up by the parent's pid.
+    uid_base: when the pool runs as root, worker slot i runs as host uid
+      `uid_base + 2 * i` and its jobs as `uid_base + 2 * i + 1` (otherwise
+      unused uids, so that per-uid limits and signals never reach other
+      processes); None picks a block from 1_500_000_000 up by the parent's pid.
     start_timeout_s: how long the fork server may take to come up.
   """
 
@@ -144,7 +144,8 @@ class ExecutionPool:
                        "absolute paths")
     if uid_base is None:
       uid_base = sandbox.default_uid_base()
-    if not isinstance(uid_base, int) or not (1 <= uid_base <= 2**32 - 2 - num_workers):
+    if not isinstance(uid_base, int) or not (
+        1 <= uid_base <= 2**32 - 2 - sandbox.UIDS_PER_SLOT * num_workers):
       raise ValueError(f"ExecutionPool(uid_base={uid_base!r}): expected a positive host "
                        "uid with room for num_workers uids above it")
     self.num_workers = num_workers

@@ -4,9 +4,9 @@ Process tree (namespaces mode; see isolation.py for what each step isolates):
 
   fork server
     └─ worker: pid 1 of its own pid namespace, inside its own user, network,
-       UTS and mount namespaces (read-only minimal root)
-        └─ program (one per job): new mount + IPC namespaces (private /tmp),
-           a nested user namespace (uid 1000, no capabilities), rlimits
+       UTS, IPC and mount namespaces (read-only minimal root, its own /tmp)
+        └─ program (one per job): uid 1000, no capabilities, its own session,
+           rlimits, working directory /tmp/job in the otherwise empty /tmp
             └─ anything the program starts
 
 Because a worker runs one job at a time and is the init of its pid namespace,
@@ -17,6 +17,12 @@ pid namespace. Signals from the job to the worker are dropped (the kernel
 protects a namespace's init), and orphans are reparented to it and reaped.
 The worker enforces the wall-clock deadline and the output cap from outside
 the job and kills all leftovers as soon as the program's process exits.
+
+The same argument makes /tmp and the IPC namespace per worker rather than
+per job: once `kill(-1)` has ended a job, nothing of it runs, so the worker
+empties /tmp and removes every System V IPC object before the next job starts,
+and nothing of one job reaches the next (see isolation.py). That keeps the
+per-job work to one fork, a uid change and a few file operations.
 
 In rlimits mode the worker is a subreaper instead: a job's orphans come back
 to it, and it kills its children, repeatedly, until none is left.
@@ -117,11 +123,15 @@ def _to_high_fd(fd: int) -> int:
 class _Pipes:
   """The job's pipes and stdin, created in the worker before it forks."""
 
-  def __init__(self, stdin: bytes):
+  def __init__(self, stdin: bytes, devnull: int):
     self.out_r, self.out_w = os.pipe()
     self.err_r, self.err_w = os.pipe()
     self.status_r, self.status_w = os.pipe()
     self.mark_r, self.mark_w = os.pipe()
+    self.own_stdin = bool(stdin)
+    if not self.own_stdin:
+      self.stdin = devnull  # the worker's, kept open
+      return
     self.stdin = os.memfd_create("stdin", os.MFD_CLOEXEC)
     view = memoryview(stdin)
     while view:
@@ -129,6 +139,11 @@ class _Pipes:
     os.lseek(self.stdin, 0, os.SEEK_SET)
 
   def program_ends(self) -> list[int]:
+    """What the worker closes once the program's process has them."""
+    own = [self.stdin] if self.own_stdin else []
+    return [self.out_w, self.err_w, self.mark_w, self.status_w, *own]
+
+  def for_program(self) -> list[int]:
     return [self.out_w, self.err_w, self.mark_w, self.stdin, self.status_w]
 
   def worker_ends(self) -> list[int]:
@@ -137,6 +152,16 @@ class _Pipes:
 
 def _encode(text: str | bytes) -> bytes:
   return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+
+
+def _chown_tree(path: str, uid: int, walk: bool = True) -> None:
+  os.chown(path, uid, uid)
+  if not walk:
+    os.chown(os.path.join(path, PROGRAM_FILE), uid, uid)
+    return
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
 
 
 def _write_files(workdir: str, job: Job) -> None:
@@ -166,10 +191,15 @@ class Worker:
     self.spec = spec
     self.namespaces = spec.isolation == isolation.NAMESPACES
     self.last_cap = linux.last_capability()
-    self.host_uid = (spec.uid_base + slot if os.geteuid() == 0 and spec.drop_uid
-                     and not self.namespaces else None)
+    self.host_uid = (isolation.job_host_uid(spec.uid_base, slot)
+                     if os.geteuid() == 0 and spec.drop_uid and not self.namespaces else None)
     self.host_pid = os.getpid()
     self.scratch = None
+    # Namespaces mode: JOB_UID when the worker's user namespace maps it (root
+    # host); None: each job makes a nested user namespace instead (rootless).
+    self.job_uid: int | None = None
+    self.tmp_mb = 0  # the size cap /tmp has now
+    self.devnull = -1  # stdin of jobs without any
 
   def setup(self) -> None:
     """Isolates this worker; in namespaces mode it returns in a new process, pid 1.
@@ -191,6 +221,7 @@ class Worker:
       linux.drop_bounding_set(self.last_cap)
       self.scratch = tempfile.mkdtemp(prefix="astor-exec-")
       os.chmod(self.scratch, 0o711)
+      self._prepare_jobs()
       return
     isolation.enter_worker_namespaces(self.slot, self.spec)
     linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWIPC)
@@ -209,7 +240,18 @@ class Worker:
         except (OSError, ValueError):
           pass
     linux.prctl(linux.PR_SET_DUMPABLE, 0)  # jobs may not ptrace us or read our /proc
+    isolation.mount_worker_tmp(Limits.max_disk_mb)
+    self.tmp_mb = Limits.max_disk_mb
+    self.job_uid = isolation.JOB_UID if isolation.job_uid_is_mapped() else None
+    # Inherited by every job: no execve can give it a capability back.
     linux.drop_bounding_set(self.last_cap)
+    linux.drop_ambient_and_gain()
+    self._prepare_jobs()
+
+  def _prepare_jobs(self) -> None:
+    """What every job would otherwise redo: stdin for jobs without, signal fixes."""
+    self.devnull = _to_high_fd(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    runner.prepare()
 
   def close(self) -> None:
     if self.scratch:
@@ -223,12 +265,15 @@ class Worker:
     pipes = None
     workdir = isolation.JOB_DIR_NS
     try:
-      if not self.namespaces:
+      if self.namespaces:
+        self._fill_tmp(job, limits)
+      else:
         workdir = tempfile.mkdtemp(prefix="job-", dir=self.scratch)
+        _write_files(workdir, job)
         if self.host_uid is not None:
-          os.chown(workdir, self.host_uid, self.host_uid)
+          _chown_tree(workdir, self.host_uid)
       token = os.urandom(16)
-      pipes = _Pipes(_encode(job.stdin))
+      pipes = _Pipes(_encode(job.stdin), self.devnull)
       program = os.fork()
       if program == 0:
         self._program(job, limits, pipes, workdir, token)  # never returns
@@ -242,8 +287,45 @@ class Worker:
     finally:
       if pipes is not None:
         _close_all(pipes.worker_ends())
-      if not self.namespaces and workdir != isolation.JOB_DIR_NS:
+      if self.namespaces:
+        # Every process of the job is gone (_kill_all ran): nothing can race this.
+        linux.remove_sysv_ipc()
+        self._empty_tmp(job)
+      elif workdir != isolation.JOB_DIR_NS:
         _force_rmtree(workdir)
+
+  def _fill_tmp(self, job: Job, limits: Limits) -> None:
+    """The job's working directory in the (empty) /tmp, sized for this job."""
+    if limits.max_disk_mb != self.tmp_mb:
+      isolation.resize_worker_tmp(limits.max_disk_mb)
+      self.tmp_mb = limits.max_disk_mb
+    os.mkdir(isolation.JOB_DIR_NS, 0o755)
+    _write_files(isolation.JOB_DIR_NS, job)
+    if self.job_uid is not None:
+      _chown_tree(isolation.JOB_DIR_NS, self.job_uid, bool(job.files))
+
+  def _empty_tmp(self, job: Job) -> None:
+    """Leaves /tmp empty: the job's own files removed, or a fresh tmpfs mounted."""
+    job_dir = isolation.JOB_DIR_NS
+    try:  # the usual case: only what _fill_tmp wrote is there
+      if not job.files:
+        os.unlink(os.path.join(job_dir, PROGRAM_FILE))
+      os.rmdir(job_dir)
+      if not os.listdir("/tmp"):
+        return
+    except OSError:
+      pass
+    try:
+      for entry in os.scandir("/tmp"):
+        if entry.is_dir(follow_symlinks=False):
+          shutil.rmtree(entry.path)
+        else:
+          os.unlink(entry.path)
+      if not os.listdir("/tmp"):
+        return
+    except (OSError, RecursionError):
+      pass
+    isolation.replace_worker_tmp(self.tmp_mb)
 
   def _kill_all(self, usage: list) -> None:
     """Kills and reaps every process of the job (everything but this worker)."""
@@ -256,9 +338,6 @@ class Worker:
         pass
       while _reap(0, usage):
         pass
-      # Jobs share this worker's IPC namespace (one at a time): nothing of one
-      # job may be left for the next.
-      linux.remove_sysv_ipc()
     else:
       sweep(usage)
 
@@ -395,19 +474,21 @@ class Worker:
     """The program's process: the last isolation steps, then the program itself."""
     status_w = _to_high_fd(pipes.status_w)
     try:
-      linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-      linux.prctl(linux.PR_SET_DUMPABLE, 1)  # the worker is not; its program must be
       os.setsid()
-      if self.namespaces:
-        isolation.enter_job_namespaces(limits)
-        os.mkdir(workdir, 0o755)
-        _write_files(workdir, job)
-        isolation.enter_program_user_namespace()
+      if self.namespaces:  # pid 1's death kills us: no PDEATHSIG needed
+        if self.job_uid is not None:
+          # All uids leave 0: the kernel clears every capability.
+          os.setresgid(self.job_uid, self.job_uid, self.job_uid)
+          os.setresuid(self.job_uid, self.job_uid, self.job_uid)
+        else:
+          isolation.enter_program_user_namespace()
       else:
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if self.host_uid is not None:
           isolation.drop_to_uid(self.host_uid)
-        _write_files(workdir, job)
-      linux.drop_capabilities()
+        linux.drop_capabilities()
+      # After the uid change, which resets it: our own /proc (e.g. /dev/stdin).
+      linux.prctl(linux.PR_SET_DUMPABLE, 1)
       os.chdir(workdir)
       high = [_to_high_fd(fd) for fd in (pipes.stdin, pipes.out_w, pipes.err_w, pipes.mark_w)]
       for target, fd in enumerate(high[:3]):

@@ -6,6 +6,7 @@ import os
 import time
 
 from astor_jax.execution import ExecutionPool
+from astor_jax.execution.isolation import UIDS_PER_SLOT
 
 # Generous: the CI machine has 2 cores shared by two pytest workers.
 SLACK_S = 3.0
@@ -43,7 +44,8 @@ def assert_no_strays(pool: ExecutionPool, uid_base: int | None = None,
                      wait_s: float = 2.0) -> None:
   """Under the fork server there are exactly its workers, and under them nothing.
 
-  With `uid_base`, also no host process runs as a worker uid but the workers.
+  With `uid_base`, also no host process runs as a worker's or a job's uid but
+  the workers.
   """
   end = time.monotonic() + wait_s
   while True:
@@ -51,7 +53,7 @@ def assert_no_strays(pool: ExecutionPool, uid_base: int | None = None,
     tree = sorted(descendants(pool.server_pid))
     extra = []
     if uid_base is not None:
-      uids = range(uid_base, uid_base + pool.num_workers)
+      uids = range(uid_base, uid_base + UIDS_PER_SLOT * pool.num_workers)
       extra = [int(p) for p in os.listdir("/proc") if p.isdigit()
                and host_uid(int(p)) in uids and int(p) not in workers]
     if tree == workers and not extra:
