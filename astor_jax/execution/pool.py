@@ -8,12 +8,17 @@
 
 The pool starts a fork server (server.py) that forks `num_workers` workers
 (worker.py); one thread per worker here feeds it jobs from a shared queue, so
-results come back in order however long each job takes. A worker that dies
-is replaced, and the job it was running comes back as `sandbox_error`.
+results come back in order however long each job takes. While no other worker
+waits for work, a thread keeps a second job queued at its worker
+(PIPELINE_DEPTH), so that the worker starts it the moment it sends the last
+result, instead of idling for the round trip through this process. A worker
+that dies is replaced; the job it was running comes back as `sandbox_error`,
+the one queued behind it (not started) runs on the replacement.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
@@ -39,6 +44,8 @@ ISOLATION_CHOICES = ("auto", sandbox.NAMESPACES, sandbox.RLIMITS_ONLY)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # How long after a job's deadline a silent worker is declared stuck and killed.
 STUCK_WORKER_GRACE_S = 30.0
+# Jobs sent to one worker ahead of their results (1: one round trip per job).
+PIPELINE_DEPTH = 2
 
 _BOOT = ("import sys\n"
          "root = sys.argv[1]\n"
@@ -155,6 +162,8 @@ class ExecutionPool:
                      "uid_base": uid_base}
     self._start_timeout_s = start_timeout_s
     self._queue: queue.Queue = queue.Queue()
+    self._idle_threads = 0  # feeding threads waiting for work (read without the lock)
+    self._idle_lock = threading.Lock()
     self._control_lock = threading.Lock()
     self._closed = False
     self._workers = [_Worker(slot) for slot in range(num_workers)]
@@ -279,43 +288,90 @@ class ExecutionPool:
 
   # ------------------------------------------------------------ jobs
   def _serve(self, w: _Worker) -> None:
-    """Thread body: feeds worker `w` jobs from the shared queue."""
-    while True:
-      item = self._queue.get()
-      if item is None:
-        return
-      job, limits, done = item
-      result = self._run_on(w, job, limits)
-      done(result)
+    """Thread body: feeds worker `w` jobs from the shared queue, PIPELINE_DEPTH at a time.
 
-  def _run_on(self, w: _Worker, job: Job, limits: Limits) -> Result:
-    for _attempt in range(2):
-      if w.sock is None:
+    `sent` are at the worker, in order: the first is running (or done), the
+    others wait in its socket. `unsent` were taken from the queue (or came
+    back from a worker that died before starting them) and go out next.
+    """
+    sent: collections.deque = collections.deque()
+    unsent: collections.deque = collections.deque()
+    stopping = False
+    send_failures = 0
+    while True:
+      if not sent and not unsent:
+        if stopping:
+          return
+        with self._idle_lock:
+          self._idle_threads += 1
+        item = self._queue.get()
+        with self._idle_lock:
+          self._idle_threads -= 1
+        if item is None:
+          return
+        unsent.append(item)
+      if (not stopping and len(sent) + len(unsent) < PIPELINE_DEPTH
+          and self._idle_threads == 0):
         try:
-          self._spawn(w)
-        except Exception as e:  # noqa: BLE001
-          return Result("sandbox_error", None, detail=f"could not start a worker: {e}")
-      try:
-        w.sock.settimeout(None)
-        protocol.send(w.sock, ("job", 0, job, limits))
-      except OSError:
-        self._drop(w)  # died while idle: the job never started, so retry it once
-        continue
-      try:
-        # The worker kills the job at its deadline itself; this only guards
-        # against a worker that stopped working altogether.
-        w.sock.settimeout(limits.timeout_s + STUCK_WORKER_GRACE_S)
-        return protocol.recv(w.sock)[2]
-      except TimeoutError:
-        self._drop(w, kill=True)
-        return Result("sandbox_error", None,
+          item = self._queue.get_nowait()
+        except queue.Empty:
+          pass
+        else:
+          if item is None:
+            stopping = True
+          else:
+            unsent.append(item)
+      while unsent:
+        if w.sock is None:
+          try:
+            self._spawn(w)
+          except Exception as e:  # noqa: BLE001
+            unsent.popleft()[2](Result("sandbox_error", None,
+                                       detail=f"could not start a worker: {e}"))
+            continue
+        job, limits, done = unsent[0]
+        try:
+          w.sock.settimeout(None)
+          protocol.send(w.sock, ("job", 0, job, limits))
+        except OSError:
+          if sent:
+            break  # the results of what it already had may still be in the socket
+          # Died while idle: nothing started, so the job goes to a new one, once.
+          self._drop(w)
+          send_failures += 1
+          if send_failures >= 2:
+            unsent.popleft()
+            done(Result("sandbox_error", None, detail="no worker could take the job"))
+            send_failures = 0
+          continue
+        send_failures = 0
+        sent.append(unsent.popleft())
+      if sent:
+        self._collect(w, sent, unsent)
+
+  def _collect(self, w: _Worker, sent: collections.deque, unsent: collections.deque) -> None:
+    """Receives the result of `sent[0]`; if the worker failed, reports that job and
+    moves the ones behind it (never started) to the front of `unsent`."""
+    _, limits, done = sent[0]
+    try:
+      # The worker kills the job at its deadline itself; this only guards
+      # against a worker that stopped working altogether.
+      w.sock.settimeout(limits.timeout_s + STUCK_WORKER_GRACE_S)
+      result = protocol.recv(w.sock)[2]
+    except TimeoutError:
+      self._drop(w, kill=True)
+      result = Result("sandbox_error", None,
                       detail=f"the worker gave no answer {STUCK_WORKER_GRACE_S:g} s after the "
                       "job's deadline; it was killed (with the job) and replaced")
-      except (EOFError, OSError) as e:
-        self._drop(w)
-        return Result("sandbox_error", None,
+    except (EOFError, OSError) as e:
+      self._drop(w)
+      result = Result("sandbox_error", None,
                       detail=f"the worker running this job died ({e}); it was replaced")
-    return Result("sandbox_error", None, detail="no worker could take the job")
+    sent.popleft()
+    if w.sock is None:
+      unsent.extendleft(reversed(sent))
+      sent.clear()
+    done(result)
 
   def _drop(self, w: _Worker, kill: bool = False) -> None:
     if kill and w.pidfd >= 0:
