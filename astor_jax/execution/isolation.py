@@ -387,8 +387,9 @@ def drop_to_uid(uid: int) -> None:
   os.setresuid(uid, uid, uid)
 
 
-def apply_rlimits(limits: Limits) -> None:
-  """The job's per-process limits; soft == hard so the program cannot raise them."""
+def rlimit_settings(limits: Limits) -> tuple[tuple[int, tuple[int, int]], ...]:
+  """The job's per-process limits, as (resource, (soft, hard)); soft == hard so the
+  program cannot raise them, none above the caller's own hard limit."""
   mb = 1 << 20
   cpu = limits.cpu_limit_s
   settings = (
@@ -402,8 +403,16 @@ def apply_rlimits(limits: Limits) -> None:
       (resource.RLIMIT_MEMLOCK, 0, 0),
       (resource.RLIMIT_MSGQUEUE, 0, 0),
   )
+  out = []
   for which, soft, hard in settings:
     _, old_hard = resource.getrlimit(which)
     if old_hard != resource.RLIM_INFINITY:
       soft, hard = min(soft, old_hard), min(hard, old_hard)
-    resource.setrlimit(which, (soft, hard))
+    out.append((which, (soft, hard)))
+  return tuple(out)
+
+
+def apply_rlimits(settings: Sequence[tuple[int, tuple[int, int]]]) -> None:
+  """Sets the limits `rlimit_settings` worked out (in the worker, before the fork)."""
+  for which, limit in settings:
+    resource.setrlimit(which, limit)

@@ -90,6 +90,15 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
                             ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
 
 
+_DUMPABLE_ARGS = (ctypes.c_int(PR_SET_DUMPABLE), ctypes.c_ulong(1), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def set_dumpable() -> None:
+  """prctl(PR_SET_DUMPABLE, 1) with its arguments made once (called in every job)."""
+  _check(_libc.prctl(*_DUMPABLE_ARGS), "prctl(PR_SET_DUMPABLE)")
+
+
 def sethostname(name: str) -> None:
   raw = name.encode()
   _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")

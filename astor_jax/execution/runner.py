@@ -14,6 +14,7 @@ generic tricks (an early `os._exit(0)`), not a targeted attack on this file.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import io
 import linecache
@@ -28,19 +29,33 @@ MARK_MEMORY = b"M"
 TESTS_FILENAME = "<tests>"
 
 
-def _fresh_stdio() -> None:
-  """New standard streams on fds 0-2, as a non-interactive `python` makes them."""
+def _new_stdio() -> tuple:
+  """Standard streams on fds 0-2, as a non-interactive `python` makes them."""
   def stream(fd: int, mode: str, errors: str, line_buffering: bool = False):
     raw = io.FileIO(fd, mode, closefd=False)
     buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
     return io.TextIOWrapper(buffered, encoding="utf-8", errors=errors,
                             line_buffering=line_buffering)
-  sys.stdin = sys.__stdin__ = stream(0, "r", "strict")
-  sys.stdout = sys.__stdout__ = stream(1, "w", "strict")
-  sys.stderr = sys.__stderr__ = stream(2, "w", "backslashreplace", line_buffering=True)
+  return (stream(0, "r", "strict"), stream(1, "w", "strict"),
+          stream(2, "w", "backslashreplace", line_buffering=True))
+
+
+_stdio: tuple | None = None
+# The worker's own streams: kept referenced, so that replacing them in a job
+# does not finalize them there (a flush and ~50 page copies per job).
+_worker_stdio: tuple = ()
+
+
+def _fresh_stdio() -> None:
+  """Fresh standard streams: the unused ones `prepare` made, else new ones."""
+  stdin, stdout, stderr = _stdio if _stdio is not None else _new_stdio()
+  sys.stdin = sys.__stdin__ = stdin
+  sys.stdout = sys.__stdout__ = stdout
+  sys.stderr = sys.__stderr__ = stderr
 
 
 _signal_fixes: list[tuple[int, object]] | None = None
+_mask_is_empty = False
 
 
 def _fresh_signal_dispositions() -> list[tuple[int, object]]:
@@ -59,11 +74,22 @@ def _fresh_signal_dispositions() -> list[tuple[int, object]]:
   return fixes
 
 
-def prepare() -> None:
-  """Called once by a worker whose signal dispositions stay as they are: works out
-  what each job must change, so that the job only changes that."""
-  global _signal_fixes
+def prepare(with_stdio: bool) -> None:
+  """Called once by a worker whose signal dispositions and mask stay as they are:
+  works out what each job must change, so that the job only changes that.
+
+  With `with_stdio`, also makes the jobs' standard streams, once: the worker
+  never uses them, so each job gets them as new. Fds 0-2 must then be of the
+  kinds the jobs' are (stdin seekable, stdout and stderr pipes): the streams
+  remember whether their fd is seekable.
+  """
+  global _signal_fixes, _mask_is_empty, _stdio, _worker_stdio
+  _worker_stdio = (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__,
+                   sys.__stderr__)
   _signal_fixes = _fresh_signal_dispositions()
+  _mask_is_empty = not signal.pthread_sigmask(signal.SIG_BLOCK, [])
+  if with_stdio:
+    _stdio = _new_stdio()
 
 
 def _default_signals() -> None:
@@ -78,7 +104,8 @@ def _default_signals() -> None:
       signal.signal(sig, want)
     except (OSError, ValueError, RuntimeError):
       pass
-  signal.pthread_sigmask(signal.SIG_SETMASK, [])
+  if not _mask_is_empty:
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -114,7 +141,6 @@ def _finish(code: int) -> None:
     except BaseException:  # noqa: BLE001
       pass
   try:
-    import atexit
     atexit._run_exitfuncs()
   except BaseException:  # noqa: BLE001
     pass

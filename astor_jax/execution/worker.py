@@ -200,6 +200,7 @@ class Worker:
     self.job_uid: int | None = None
     self.tmp_mb = 0  # the size cap /tmp has now
     self.devnull = -1  # stdin of jobs without any
+    self.rlimit_cache: dict[Limits, tuple] = {}
 
   def setup(self) -> None:
     """Isolates this worker; in namespaces mode it returns in a new process, pid 1.
@@ -249,9 +250,24 @@ class Worker:
     self._prepare_jobs()
 
   def _prepare_jobs(self) -> None:
-    """What every job would otherwise redo: stdin for jobs without, signal fixes."""
+    """What every job would otherwise redo: stdin for jobs without, signal fixes,
+    standard streams (made while fds 0-2 are of the kinds the jobs' will be)."""
     self.devnull = _to_high_fd(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-    runner.prepare()
+    try:
+      saved = [_to_high_fd(fd) for fd in (0, 1, 2)]
+    except OSError:  # a closed standard fd: each job makes its streams
+      runner.prepare(with_stdio=False)
+      return
+    read_end, write_end = os.pipe()
+    try:
+      os.dup2(self.devnull, 0)
+      os.dup2(write_end, 1)
+      os.dup2(write_end, 2)
+      runner.prepare(with_stdio=True)
+    finally:
+      for fd, old in enumerate(saved):
+        os.dup2(old, fd)
+      _close_all([*saved, read_end, write_end])
 
   def close(self) -> None:
     if self.scratch:
@@ -273,10 +289,11 @@ class Worker:
         if self.host_uid is not None:
           _chown_tree(workdir, self.host_uid)
       token = os.urandom(16)
+      rlimits = self._rlimits(limits)
       pipes = _Pipes(_encode(job.stdin), self.devnull)
       program = os.fork()
       if program == 0:
-        self._program(job, limits, pipes, workdir, token)  # never returns
+        self._program(job, rlimits, pipes, workdir, token)  # never returns
       _close_all(pipes.program_ends())
       outcome = self._watch(program, pipes, limits, start, usage)
       return self._classify(job, limits, outcome, usage, token, start)
@@ -469,7 +486,16 @@ class Worker:
     return Result("ok", code, **common)
 
   # ------------------------------------------------------------ program side
-  def _program(self, job: Job, limits: Limits, pipes: _Pipes, workdir: str,
+  def _rlimits(self, limits: Limits) -> tuple:
+    """isolation.rlimit_settings(limits), worked out once per distinct Limits."""
+    settings = self.rlimit_cache.get(limits)
+    if settings is None:
+      if len(self.rlimit_cache) >= 64:
+        self.rlimit_cache.clear()
+      settings = self.rlimit_cache[limits] = isolation.rlimit_settings(limits)
+    return settings
+
+  def _program(self, job: Job, rlimits: tuple, pipes: _Pipes, workdir: str,
                token: bytes) -> None:
     """The program's process: the last isolation steps, then the program itself."""
     status_w = _to_high_fd(pipes.status_w)
@@ -488,7 +514,7 @@ class Worker:
           isolation.drop_to_uid(self.host_uid)
         linux.drop_capabilities()
       # After the uid change, which resets it: our own /proc (e.g. /dev/stdin).
-      linux.prctl(linux.PR_SET_DUMPABLE, 1)
+      linux.set_dumpable()
       os.chdir(workdir)
       high = [_to_high_fd(fd) for fd in (pipes.stdin, pipes.out_w, pipes.err_w, pipes.mark_w)]
       for target, fd in enumerate(high[:3]):
@@ -501,7 +527,7 @@ class Worker:
           if name not in self.spec.env:
             os.environ[name] = workdir
       os.umask(0o022)
-      isolation.apply_rlimits(limits)
+      isolation.apply_rlimits(rlimits)
       os.close(status_w)
     except BaseException:  # noqa: BLE001
       _safe_record(status_w, "program setup: " + traceback.format_exc(limit=4))
