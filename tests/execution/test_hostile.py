@@ -256,3 +256,36 @@ def test_sysv_ipc_left_for_the_next_job():
   with pool:
     results = pool.run([Job(create), Job(look), Job(create), Job(look)])
   assert [r.stdout for r in results] == ["True 1\n", "0\n", "True 1\n", "0\n"]
+
+
+def test_job_holds_no_capability_and_runs_as_its_own_uid(ns_pool):
+  r = attack(ns_pool, "import os\nstatus = dict(line.split(':', 1) for line in "
+                      "open('/proc/self/status').read().splitlines())\n"
+                      "print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups(), "
+                      "*[int(status[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', "
+                      "'CapBnd', 'CapAmb')], status['NoNewPrivs'].strip(), "
+                      "os.listdir('/proc/self/fd') != [])\n")
+  assert r.status == "ok" and r.stdout == "1000 1000 1000 [] 0 0 0 0 0 1 True\n", r
+
+
+def test_files_left_in_tmp_do_not_reach_the_next_job():
+  # One worker runs both jobs: whatever the first leaves in /tmp (even a
+  # directory it made unreadable, a full disk) is gone for the second.
+  leave = ("import os\nos.makedirs('/tmp/keep/deep')\nopen('/tmp/keep/deep/f', 'w').write('x')\n"
+           "os.chmod('/tmp/keep', 0)\nopen('/tmp/note', 'w').write('answer')\n"
+           "os.symlink('/etc/passwd', 'link')\n"
+           "try:\n  open('/tmp/fill', 'wb').write(b'x' * (8 << 20))\nexcept OSError as e:\n"
+           "  print(e.errno)\n")
+  look = ("import os\nopen('/tmp/fits', 'wb').write(b'x' * (6 << 20))\n"
+          "print(sorted(os.listdir('/tmp')), sorted(os.listdir('.')))\n")
+  small = Limits(timeout_s=5, max_disk_mb=8, max_file_mb=16)
+  try:
+    pool = ExecutionPool(1, small, isolation="namespaces")
+  except RuntimeError as e:
+    pytest.skip(f"namespaces unavailable here: {e}")
+  with pool:
+    first, second, third = pool.run([Job(leave), Job(look),
+                                     Job(look, limits=Limits(timeout_s=5, max_disk_mb=4))])
+  assert first.status == "ok" and first.stdout == "28\n", first  # ENOSPC: 8 MB cap
+  assert (second.status, second.stdout) == ("ok", "['fits', 'job'] ['main.py']\n"), second
+  assert third.status == "error" and "No space left" in third.stderr, third  # 4 MB cap
