@@ -36,17 +36,19 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
 import traceback
 
 from astor_jax.execution import isolation, linux, protocol, runner
 from astor_jax.execution.job import PROGRAM_FILE, Job, Limits, Result
+
+# shutil and tempfile are imported where used (rlimits mode, or a job that left
+# a mess in /tmp): with the compression and random modules they pull in they
+# would add ~45 memory mappings that every job's fork copies.
 
 REC_ERROR = b"E"
 _REC = struct.Struct("<cI")
@@ -220,6 +222,7 @@ class Worker:
       linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
       linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
       linux.drop_bounding_set(self.last_cap)
+      import tempfile
       self.scratch = tempfile.mkdtemp(prefix="astor-exec-")
       os.chmod(self.scratch, 0o711)
       self._prepare_jobs()
@@ -271,6 +274,7 @@ class Worker:
 
   def close(self) -> None:
     if self.scratch:
+      import shutil
       shutil.rmtree(self.scratch, ignore_errors=True)
 
   # ------------------------------------------------------------ worker side
@@ -284,6 +288,7 @@ class Worker:
       if self.namespaces:
         self._fill_tmp(job, limits)
       else:
+        import tempfile
         workdir = tempfile.mkdtemp(prefix="job-", dir=self.scratch)
         _write_files(workdir, job)
         if self.host_uid is not None:
@@ -332,6 +337,7 @@ class Worker:
         return
     except OSError:
       pass
+    import shutil
     try:
       for entry in os.scandir("/tmp"):
         if entry.is_dir(follow_symlinks=False):
@@ -545,6 +551,8 @@ def _safe_record(fd: int, message: str) -> None:
 
 def _force_rmtree(path: str) -> None:
   """rmtree that also removes what the job made unreadable (chmod 000 dirs)."""
+  import shutil
+
   def fix(func, p, _):
     try:
       os.chmod(os.path.dirname(p), 0o700)
