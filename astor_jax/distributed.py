@@ -39,14 +39,26 @@ After start-up:
   there, so no rollout text crosses hosts.
 - `process_slice(n)`: a contiguous per-process share of `n` items, for work
   that has no sharding of its own (evaluation examples, file shards).
+- `local_rows(x)` and `global_array(sharding, local, shape)`: the two
+  directions between a row-sharded global array and this host's rows of it
+  (numpy, in `process_rows` order).
+- `to_host(x)`: a whole global array as numpy on every host (an all-gather
+  across processes); `allgather_json(obj)`: one JSON value per process, in
+  process order (strings such as zero-reward reasons).
 - `any_process(flag)`: true on every process when it is true on one. A
   SIGTERM reaches one host of a pod first; the loop must stop (and save) at
   the same step on all hosts, or the others wait forever in a collective.
+- `barrier(name)`: every process waits here for the others (process 0 builds
+  a shared file, the others read it after the barrier).
+
+All of these are collective when there are several processes: every process
+must call them, in the same order. In one process they cost nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -354,3 +366,78 @@ def any_process(flag: bool) -> bool:
 
   flags = multihost_utils.process_allgather(np.asarray([bool(flag)], dtype=np.int32))
   return bool(np.any(flags))
+
+
+def local_rows(x) -> np.ndarray:
+  """This process's rows of a global array sharded along axis 0, as numpy.
+
+  The rows are those of `process_rows(x.sharding, x.shape)`, in that order;
+  the inverse of `global_array`. In one process: the whole array.
+  """
+  import jax
+
+  if process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  rows = process_rows(x.sharding, x.shape)
+  out = np.empty((len(rows),) + tuple(x.shape[1:]), dtype=x.dtype)
+  all_rows = np.arange(x.shape[0])
+  for shard in x.addressable_shards:
+    index = tuple(shard.index) or (slice(None),)
+    out[(np.searchsorted(rows, all_rows[index[0]]),) + index[1:]] = np.asarray(shard.data)
+  return out
+
+
+def global_array(sharding, local: np.ndarray, global_shape: Sequence[int]):
+  """The global array whose rows on this process are `local` (`process_rows` order).
+
+  Every process passes its own rows (`jax.make_array_from_process_local_data`);
+  in one process `local` is the whole array and is placed with `device_put`.
+  """
+  import jax
+
+  local = np.asarray(local)
+  if process_count() == 1:
+    if local.shape != tuple(global_shape):
+      raise ValueError(f"global_array: one process holds every row; got {local.shape}, "
+                       f"expected {tuple(global_shape)}")
+    return jax.device_put(local, sharding)
+  return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
+
+
+def to_host(x) -> np.ndarray:
+  """The whole of a global array as numpy, on every process (collective)."""
+  import jax
+
+  if process_count() == 1 or x.is_fully_replicated:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def allgather_json(value) -> list:
+  """`value` (anything `json.dumps` takes) from every process, in process order.
+
+  Two small all-gathers: the encoded lengths, then the bytes padded to the
+  longest. In one process: `[value]`.
+  """
+  if process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+
+  data = np.frombuffer(json.dumps(value, sort_keys=True).encode(), dtype=np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(
+      np.asarray([data.size], np.int32))).reshape(-1)
+  padded = np.zeros((int(lengths.max()),), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+  return [json.loads(row[:n].tobytes().decode()) for row, n in zip(gathered, lengths)]
+
+
+def barrier(name: str) -> None:
+  """Blocks until every process reached the barrier `name`; free in one process."""
+  if process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  multihost_utils.sync_global_devices(name)

@@ -95,6 +95,21 @@ def test_any_process_in_one_process_is_the_flag():
   assert distributed.any_process(True) and not distributed.any_process(False)
 
 
+def test_one_process_helpers_are_plain_copies():
+  devices = np.array(jax.devices()[:8]).reshape(8, 1, 1)
+  mesh = Mesh(devices, ("data", "fsdp", "tensor"))
+  sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+  x = np.arange(32, dtype=np.float32).reshape(16, 2)
+  array = distributed.global_array(sharding, x, (16, 2))
+  assert array.sharding == sharding
+  np.testing.assert_array_equal(distributed.local_rows(array), x)
+  np.testing.assert_array_equal(distributed.to_host(array), x)
+  assert distributed.allgather_json({"a": [1]}) == [{"a": [1]}]
+  distributed.barrier("nothing to wait for")
+  with pytest.raises(ValueError, match="every row"):
+    distributed.global_array(sharding, x[:8], (16, 2))
+
+
 def test_process_rows_single_process_sees_every_row():
   devices = np.array(jax.devices()[:8]).reshape(4, 2, 1)
   mesh = Mesh(devices, ("data", "fsdp", "tensor"))
@@ -124,6 +139,16 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
   # A stop request seen by process 1 only is agreed on by both.
   print("stop", distributed.any_process(jax.process_index() == 1),
         distributed.any_process(False), flush=True)
+  # Rows of a [8, 3] array: this host's rows in and out, the whole array on every host.
+  tokens_local = np.stack([rows, rows + 100, rows + 200], axis=1).astype(np.int32)
+  tokens = distributed.global_array(NamedSharding(mesh, PartitionSpec("data", None)),
+                                    tokens_local, (8, 3))
+  print("roundtrip", np.array_equal(distributed.local_rows(tokens), tokens_local),
+        np.array_equal(distributed.local_rows(rewards), local), flush=True)
+  print("host", distributed.to_host(tokens)[:, 0].tolist(), flush=True)
+  me = jax.process_index()
+  print("json", distributed.allgather_json({"process": me, "x": "a" * (1 + me)}), flush=True)
+  distributed.barrier("end")
 """)
 
 
@@ -160,3 +185,7 @@ def test_two_processes_on_localhost(tmp_path):
   assert expected in outs[0]
   assert "GLOBAL" not in outs[1]  # only process 0 prints
   assert all("stop True False" in out for out in outs)
+  assert all("roundtrip True True" in out for out in outs)
+  assert all(f"host {list(range(8))}" in out for out in outs)
+  gathered = [{"process": 0, "x": "a"}, {"process": 1, "x": "aa"}]
+  assert all(f"json {gathered}" in out for out in outs)

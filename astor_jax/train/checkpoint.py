@@ -6,8 +6,23 @@ A checkpoint holds two items:
   step and rng; the `UtilityState` with budgets, beta_k, EMAs, synergy and
   prompt priorities). Typed PRNG keys are stored as their raw key data and
   re-wrapped on restore, so any pytree the step carries round-trips.
-- `host`: a JSON dict with what lives on the host: data iterator positions, the
-  phase, counters of skipped updates and failed reward jobs.
+- `host`: a JSON dict with what lives on the host: the step, counters of
+  skipped updates and failed reward jobs (the SFT cache adds its fingerprint).
+
+Data positions: the data order is stateless, so the step is the whole
+iterator position. SFT batch `i` is `sft.batch_indices(rows, batch, i, seed)`;
+the RL prompts of a step are drawn by the schedule from the `UtilityState`
+(its rng and per-prompt priorities, in `state`), and the rollout key is
+`fold_in(rollout key of seed, step)`. A resumed run therefore draws the same
+prompts and samples the same rollouts as an uninterrupted one; the
+resume-equivalence test (`tests/train/test_loop.py`) checks it through the
+budgets, rewards and every other logged scalar, and the final state.
+
+Several processes: every process calls `save` and `restore` with the same
+arguments (orbax's multi-host checkpointing: each process writes and reads its
+own shards of the global arrays, process 0 writes the metadata, the `host`
+JSON and the commit marker; the directory must be storage every host sees).
+The `host` dict must therefore be the same on every process.
 
 Saves are atomic: orbax writes into a temporary directory and renames it to
 `<step>` only after every file (and the commit marker) is written, so a process
