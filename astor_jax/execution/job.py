@@ -37,8 +37,9 @@ class Limits:
     memory_mb: address-space limit per process (RLIMIT_AS). It includes the
       warm interpreter the program is forked from (a few tens of MB).
     max_processes: processes plus threads the job may have at once
-      (RLIMIT_NPROC, counted in the job's own user namespace; in rlimits mode
-      it counts per host uid, and does not bind jobs that run as root).
+      (RLIMIT_NPROC, counted per uid: as root a uid of the job's own; rootless
+      the worker's, which counts the worker too; in rlimits mode per host
+      uid, where it does not bind jobs that run as root).
     max_file_mb: largest file the job may write (RLIMIT_FSIZE).
     max_open_files: open file descriptors per process (RLIMIT_NOFILE).
     max_output_bytes: cap on stdout and on stderr, each. A job that writes
