@@ -38,6 +38,40 @@ checkpoint and stop cleanly between steps; rerunning the same command resumes
 (SFT from its cache, RL from the latest checkpoint, finished phases skipped).
 A signal exits with status 128 + signal number, the wall-time limit with 0.
 
+Several processes (one per TPU VM or GPU node; `astor_jax.distributed`):
+every process runs this same program over one global mesh, and
+
+  - everyone   computes the schedule (replicated: every host knows the whole
+               plan), runs the sampler, the log-prob passes and the train
+               step (the jitted programs are global; XLA moves the data), and
+               saves and restores every checkpoint (multi-host orbax: each
+               process writes and reads its own shards of the global arrays,
+               process 0 the metadata, so the workdir must be shared storage);
+  - per host   a process holds the rows of the batch that live on its devices
+               (`distributed.process_rows` of the batch sharding): it reads
+               only those rows of the sampler's output, detokenizes them,
+               scores them in its own execution pool, and builds its part of
+               the global batch and reward arrays
+               (`jax.make_array_from_process_local_data`); no rollout text
+               crosses hosts;
+  - gathered   the rewards ([N] floats) and the zero-reward reasons are
+               all-gathered after scoring, so every process takes the same
+               skip decision (the other guards read replicated values) and
+               holds the same counters to checkpoint;
+  - agreed     stopping: `StopCheck` all-gathers each process's stop reason
+               between steps, so a SIGTERM reaching one host, or one host's
+               clock passing `max_wall_time_s`, stops all of them after the
+               same step with the same checkpoint (no host is left waiting in
+               a collective);
+  - process 0  writes everything else: config.json, the tokenizer and TFDS
+               files (the others wait at a barrier, then read them),
+               metrics.jsonl, TensorBoard, plots, results/, the progress bar
+               and log lines.
+
+Evaluation samples on all processes and gathers the completions, so each
+process scores every eval example (a duplicate of process 0's work: one
+process's share would suffice) and process 0 writes the results.
+
 Workdir layout:
 
   config.json          the config of the run (a resume must match it)
@@ -54,7 +88,9 @@ Workdir layout:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -65,11 +101,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
 
 from astor_jax import config as config_lib
+from astor_jax import distributed
 from astor_jax.astor import schedule as schedule_lib
 from astor_jax.astor import utility as utility_lib
 from astor_jax.astor.hparams import astor_hparams
@@ -78,6 +117,7 @@ from astor_jax.eval import runner as eval_runner
 from astor_jax.eval import table as table_lib
 from astor_jax.execution import ExecutionPool
 from astor_jax.model import Transformer, get_preset, init_params, make_mesh, param_shardings
+from astor_jax.rollout.buckets import choose_bucket
 from astor_jax.rollout.rows import to_batch_rows
 from astor_jax.rollout.sampler import Sampler
 from astor_jax.tasks import corpus, registry
@@ -86,7 +126,7 @@ from astor_jax.train import checkpoint as ckpt_lib
 from astor_jax.train import observe, sft
 from astor_jax.train import state as state_lib
 from astor_jax.train import step as step_lib
-from astor_jax.train.batch import BATCH_AXES, Batch, as_device_batch, check_batch
+from astor_jax.train.batch import BATCH_AXES, Batch, batch_sharding, batch_spec, check_batch
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -170,19 +210,83 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class StopCheck:
-  """Polled between steps: a caught signal or the wall-time limit says stop."""
+  """Polled between steps: a caught signal or the wall-time limit says stop.
+
+  The answer is the same on every process: each call is one tiny all-gather
+  of every process's own answer (so every process must poll at the same
+  points, which the loop does), and a reason seen by any process is returned
+  on all. A signal anywhere wins over the wall-time limit; `signal` is its
+  number (the first process's that caught one), so every host saves the same
+  step and exits with the same status. Once given, a reason stays (and no
+  more collectives are made).
+  """
 
   def __init__(self, guard: ckpt_lib.PreemptionGuard, max_wall_time_s: float):
     self.guard = guard
     self.start = time.monotonic()
     self.max_wall_time_s = max_wall_time_s
+    self.reason = ""
+    self.signal = 0
+
+  def _local(self) -> tuple[str, int]:
+    if self.guard.requested:
+      return self.guard.name, int(self.guard.requested)
+    if self.max_wall_time_s and time.monotonic() - self.start >= self.max_wall_time_s:
+      return "max_wall_time_s", 0
+    return "", 0
 
   def __call__(self) -> str | None:
-    if self.guard.requested:
-      return self.guard.name
-    if self.max_wall_time_s and time.monotonic() - self.start >= self.max_wall_time_s:
-      return "max_wall_time_s"
-    return None
+    if not self.reason:
+      answers = distributed.allgather_json(list(self._local()))
+      signalled = [a for a in answers if a[1]]
+      stopping = signalled or [a for a in answers if a[0]]
+      if stopping:
+        self.reason, self.signal = stopping[0]
+    return self.reason or None
+
+
+class _NullWriter:
+  """The metric writer of processes other than 0: they write no files."""
+
+  path = os.devnull
+
+  def resume(self, phase: str, step: int) -> None:
+    del phase, step
+
+  def write(self, phase: str, step: int, scalars: Mapping[str, float]) -> None:
+    del phase, step, scalars
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+  def __enter__(self) -> _NullWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    pass
+
+
+def _progress_bar(**kwargs):
+  """`observe.progress_bar`, shown by process 0 only."""
+  kwargs["enabled"] = kwargs["enabled"] and distributed.is_main_process()
+  return observe.progress_bar(**kwargs)
+
+
+def _main_first(name: str, build):
+  """`build()` on process 0, then (after a barrier) on the others.
+
+  For steps that write shared files into the workdir once (the tokenizer, the
+  TFDS datasets): the other processes then only read what process 0 wrote.
+  """
+  if distributed.is_main_process():
+    out = build()
+    distributed.barrier(name)
+    return out
+  distributed.barrier(name)
+  return build()
 
 
 def _load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str,
@@ -254,7 +358,8 @@ class Job:
   should_stop: StopCheck
 
   def log(self, message: str) -> None:
-    tqdm.tqdm.write(f"astor_jax: {message}", file=sys.stderr)
+    if distributed.is_main_process():
+      tqdm.tqdm.write(f"astor_jax: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ RL
@@ -270,6 +375,35 @@ def _collect_rewards(future, examples: Sequence[Mapping[str, Any]]) -> list[Rewa
     return future.result()
   except Exception as e:  # noqa: BLE001 - a failed scoring call is reward 0, never a crash
     return [zero(f"scoring failed: {type(e).__name__}") for _ in examples]
+
+
+# Batch fields that come from the sampler's output (the rest are built on the host).
+_SAMPLED_FIELDS = ("tokens", "positions", "input_mask", "completion_mask", "sampler_logprobs",
+                   "group_ids")
+
+
+def _padded_rows(out, *, group_size: int, num_rows: int, pad_id: int) -> dict[str, jax.Array]:
+  """The sampler's rows padded to `num_rows` (jitted with the batch's row sharding).
+
+  Padding rows hold `pad_id` tokens, no masks and group ids of their own
+  (`real .. num_rows - 1`, all below N).
+  """
+  rows = to_batch_rows(out, group_size)
+  real = rows["tokens"].shape[0]
+
+  def padded(x, fill=0):
+    return jnp.concatenate([x, jnp.full((num_rows - real,) + x.shape[1:], fill, x.dtype)])
+
+  out_rows = {k: padded(rows[k], pad_id if k == "tokens" else 0) for k in _SAMPLED_FIELDS}
+  out_rows["group_ids"] = jnp.concatenate(
+      [rows["group_ids"], jnp.arange(real, num_rows, dtype=jnp.int32)])
+  return out_rows
+
+
+def _finite_logprobs(ref: jax.Array, old: jax.Array, completion_mask: jax.Array) -> jax.Array:
+  """Whether the reference and old log-probs are finite on every completion token."""
+  ok = lambda x: jnp.all(jnp.where(completion_mask, jnp.isfinite(x), True))
+  return ok(ref) & ok(old)
 
 
 class RLPhase:
@@ -316,8 +450,18 @@ class RLPhase:
     self.logprob_fn = step_lib.make_logprob_fn(job.model, c, job.mesh,
                                                params_sharding=job.params_sharding)
     multiple = step_lib.row_multiple(c, job.mesh)
-    real_rows = int(c.rl.batch_prompts) * self.group_size
-    self.num_rows = -(-real_rows // multiple) * multiple
+    self.real_rows = int(c.rl.batch_prompts) * self.group_size
+    self.num_rows = -(-self.real_rows // multiple) * multiple
+    self.batch_sharding = batch_sharding(job.mesh)
+    # The rows of every batch that this process builds, scores and places
+    # (all of them in one process); the sampler's rows arrive sharded the same way.
+    self.my_rows = distributed.process_rows(self.batch_sharding.row_mask, (self.num_rows,))
+    self._rows_fn = jax.jit(
+        functools.partial(_padded_rows, group_size=self.group_size, num_rows=self.num_rows,
+                          pad_id=job.sampler.pad_id),
+        out_shardings={k: getattr(self.batch_sharding, k) for k in _SAMPLED_FIELDS})
+    self._finite_fn = jax.jit(_finite_logprobs,
+                              out_shardings=NamedSharding(job.mesh, PartitionSpec()))
     self.step = 0
     self.skipped_updates = 0
     self.reasons: dict[str, collections.Counter] = {t: collections.Counter()
@@ -351,7 +495,12 @@ class RLPhase:
   # ---------------------------------------------------------------- one step
 
   def _rollout_batch(self, plan, key) -> tuple[Batch, list, list[str], dict[str, float]]:
-    """Samples the plan's prompts; (host batch without rewards, examples, completions, stats)."""
+    """Samples the plan's prompts.
+
+    Returns this process's share: (its rows of the batch, without rewards, as
+    numpy; the examples and completions of its real rows, in row order;
+    rollout statistics of the whole batch).
+    """
     task_ids = np.asarray(plan.task_ids)
     prompt_ids = np.asarray(plan.prompt_ids)
     names = [self.task_names[t] for t in task_ids]
@@ -360,36 +509,37 @@ class RLPhase:
                            temperature=self.config.sampler.temperature,
                            top_p=self.config.sampler.top_p, top_k=self.config.sampler.top_k,
                            stop=self.job.encode.stop())
-    rows = jax.device_get(to_batch_rows(out, self.group_size))
-    tokens, lengths = jax.device_get((out.tokens, out.lengths))
-    completions = self.job.encode.decode(tokens, lengths)
-    g = self.group_size
-    examples = [self.train_examples[n][p] for n, p in zip(names, prompt_ids) for _ in range(g)]
-    real, seq_len = rows["tokens"].shape
-    pad = self.num_rows - real
+    rows = {k: distributed.local_rows(v) for k, v in self._rows_fn(out).items()}
+    lengths, finish_reasons = (distributed.to_host(x) for x in (out.lengths, out.finish_reasons))
+    g, mine = self.group_size, self.my_rows
+    real = mine < self.real_rows  # a prefix: `mine` is sorted
+    mine_real = mine[real]
+    completions = self.job.encode.decode(rows["tokens"][real, -self.job.sampler.max_new_tokens:],
+                                         lengths[mine_real])
+    examples = [self.train_examples[names[r // g]][prompt_ids[r // g]] for r in mine_real]
 
-    def padded(x, fill=0):
-      return np.concatenate([np.asarray(x), np.full((pad,) + x.shape[1:], fill, x.dtype)])
+    def per_row(per_prompt):  # [B] -> this process's rows, 0 on padding rows
+      full = np.zeros((self.num_rows,), np.int32)
+      full[:self.real_rows] = np.repeat(per_prompt, g)
+      return full[mine]
 
-    zeros_tokens = np.zeros((self.num_rows, seq_len), np.float32)
+    zeros_tokens = np.zeros(rows["tokens"].shape, np.float32)
     batch = Batch(
-        tokens=padded(rows["tokens"], self.job.sampler.pad_id),
-        positions=padded(rows["positions"]),
-        input_mask=padded(rows["input_mask"]),
-        completion_mask=padded(rows["completion_mask"]),
-        task_ids=padded(np.repeat(task_ids, g).astype(np.int32)),
-        # Padding rows get their own (unused) group ids, all below N.
-        group_ids=np.concatenate([rows["group_ids"],
-                                  np.arange(real, real + pad, dtype=np.int32)]),
-        prompt_ids=padded(np.repeat(prompt_ids, g).astype(np.int32)),
-        rewards=np.zeros((self.num_rows,), np.float32),
-        old_logprobs=zeros_tokens, ref_logprobs=zeros_tokens,
-        sampler_logprobs=padded(rows["sampler_logprobs"]),
-        row_mask=np.arange(self.num_rows) < real)
+        **{k: rows[k] for k in _SAMPLED_FIELDS},
+        task_ids=per_row(task_ids), prompt_ids=per_row(prompt_ids),
+        rewards=np.zeros((len(mine),), np.float32),
+        old_logprobs=zeros_tokens, ref_logprobs=zeros_tokens, row_mask=real)
     stats = {"completion_tokens": float(lengths.sum()),
              "completion_length": float(lengths.mean()),
-             "truncated_fraction": float(np.mean(np.asarray(out.finish_reasons) == 0))}
+             "truncated_fraction": float(np.mean(finish_reasons == 0))}
     return batch, examples, completions, stats
+
+  def _device_batch(self, host_batch: Batch) -> Batch:
+    """The global batch from every process's rows (`host_batch` holds this process's)."""
+    return Batch(**{
+        k: distributed.global_array(getattr(self.batch_sharding, k), v,
+                                    (self.num_rows,) + v.shape[1:])
+        for k, v in host_batch._asdict().items()})
 
   def run_step(self, timer: observe.PhaseTimer) -> tuple[dict[str, float], str]:
     """One RL step (module doc); returns (scalars to log, skip reason or "")."""
@@ -401,39 +551,44 @@ class RLPhase:
       key = jax.random.fold_in(self.rollout_key, self.step)
       host_batch, examples, completions, rollout_stats = self._rollout_batch(plan, key)
     with timer("score_submit"):
-      real = len(examples)
+      # This process's pool scores this process's rollouts only.
       future = score_batch(job.tasks, examples, completions, job.pool)
     with timer("logprobs_dispatch"):
-      check_batch(host_batch, len(self.task_names),
-                  int(np.prod([job.mesh.shape[a] for a in BATCH_AXES])))
-      batch = as_device_batch(host_batch, job.mesh)
+      if distributed.process_count() == 1:  # row-local checks; group ids are global
+        check_batch(host_batch, len(self.task_names),
+                    int(np.prod([job.mesh.shape[a] for a in BATCH_AXES])))
+      batch = self._device_batch(host_batch)
       ref = self.logprob_fn(self.ref_params, batch)
       old = self.logprob_fn(self.train_state.params, batch)
     with timer("score_wait"):
       rewards = _collect_rewards(future, examples)
+      local_values = np.zeros((len(self.my_rows),), np.float32)
+      local_values[:len(examples)] = [r.value for r in rewards]
+      rewards_array = distributed.global_array(self.batch_sharding.rewards, local_values,
+                                               (self.num_rows,))
+      # Every process gets every reward and zero-reward reason: the skip
+      # decision, the logged scalars and the checkpointed counters are the
+      # same on all of them.
+      reward_values = distributed.to_host(rewards_array)
+      zero_reasons = distributed.allgather_json(
+          [[e["task"], _normalize_reason(r.reason)] for e, r in zip(examples, rewards)
+           if r.value == 0.0])
     with timer("logprobs_wait"):
       ref, old = jax.block_until_ready((ref, old))
-    reward_values = np.zeros((self.num_rows,), np.float32)
-    reward_values[:real] = [r.value for r in rewards]
     zero_rewards = collections.Counter()
-    for example, reward in zip(examples, rewards):
-      if reward.value == 0.0:
-        self.reasons[example["task"]][_normalize_reason(reward.reason)] += 1
-        zero_rewards[example["task"]] += 1
+    for task, reason in (pair for reasons in zero_reasons for pair in reasons):
+      self.reasons[task][reason] += 1
+      zero_rewards[task] += 1
 
     skip = ""
-    completion = np.asarray(host_batch.completion_mask)
     if not np.all(np.isfinite(reward_values)):
       skip = "non-finite reward"
-    else:
-      ref_h, old_h = jax.device_get((ref, old))
-      if not (np.all(np.isfinite(ref_h[completion])) and np.all(np.isfinite(old_h[completion]))):
-        skip = "non-finite reference/old log-probs"
+    elif not bool(self._finite_fn(ref, old, batch.completion_mask)):
+      skip = "non-finite reference/old log-probs"
     metrics = None
     if not skip:
       with timer("train"):
-        batch = batch._replace(rewards=jax.device_put(reward_values, batch.rewards.sharding),
-                               ref_logprobs=ref, old_logprobs=old)
+        batch = batch._replace(rewards=rewards_array, ref_logprobs=ref, old_logprobs=old)
         new_train, new_utility, metrics = self.train_step(self.train_state, scheduled_state,
                                                           batch)
         metrics = jax.device_get(metrics)
@@ -447,15 +602,17 @@ class RLPhase:
       self.utility_state = scheduled_state
       self.skipped_updates += 1
     self.step += 1
-    scalars = self._scalars(plan, metrics, reward_values[:real], examples, zero_rewards,
-                            rollout_stats, skip)
+    row_tasks = np.repeat(np.asarray(plan.task_ids), self.group_size)
+    scalars = self._scalars(plan, metrics, reward_values[:self.real_rows], row_tasks,
+                            zero_rewards, rollout_stats, skip)
     return scalars, skip
 
-  def _scalars(self, plan, metrics, rewards, examples, zero_rewards, rollout_stats, skip):
+  def _scalars(self, plan, metrics, rewards, row_tasks, zero_rewards, rollout_stats, skip):
+    """The step's scalars; `rewards` and `row_tasks` (task index) cover every real row."""
     names = self.task_names
     per_task_reward = {t: [] for t in names}
-    for example, value in zip(examples, rewards):
-      per_task_reward[example["task"]].append(float(value))
+    for k, value in zip(row_tasks, rewards):
+      per_task_reward[names[k]].append(float(value))
     out: dict[str, float] = {
         "reward": float(np.mean(rewards)) if len(rewards) else float("nan"),
         "skipped": float(bool(skip)),
@@ -492,6 +649,39 @@ class RLPhase:
 
   # ---------------------------------------------------------------- the phase
 
+  def precompile(self) -> None:
+    """Compiles the next step's sampler, log-prob pass and train step, concurrently.
+
+    Their shapes follow from the next plan's prompt bucket, so each program is
+    lowered for them (`jit(...).lower(...).compile()`) in its own thread; the
+    step's calls then find the executables in JAX's compilation cache and
+    only trace. XLA compiles outside the GIL, so the three overlap. A later
+    step whose prompts need another bucket compiles that one when it comes.
+    """
+    _, plan = self.schedule_fn(self.utility_state)
+    plan = jax.device_get(plan)
+    names = [self.task_names[t] for t in np.asarray(plan.task_ids)]
+    prompts = [self.train_prompts[n][p] for n, p in zip(names, np.asarray(plan.prompt_ids))]
+    sampler, s = self.job.sampler, self.config.sampler
+    seq_len = (choose_bucket(max(len(p) for p in prompts), sampler.prompt_buckets)
+               + sampler.max_new_tokens)
+    batch = jax.tree.map(lambda spec, sharding: jax.ShapeDtypeStruct(
+        spec.shape, spec.dtype, sharding=sharding),
+        batch_spec(self.num_rows, seq_len), self.batch_sharding)
+    key = jax.random.fold_in(self.rollout_key, self.step)
+    programs = [
+        lambda: sampler.lower(self.train_state.params, prompts, key, group_size=self.group_size,
+                              temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              stop=self.job.encode.stop())]
+    # (A function wrapped by a test or a probe has no `lower`: it compiles on first call.)
+    if hasattr(self.logprob_fn, "lower"):
+      programs.append(lambda: self.logprob_fn.lower(self.ref_params, batch))
+    if hasattr(self.train_step, "lower"):
+      programs.append(lambda: self.train_step.lower(self.train_state, self.utility_state, batch))
+    with concurrent.futures.ThreadPoolExecutor(len(programs)) as threads:
+      for done in [threads.submit(lambda lower=lower: lower().compile()) for lower in programs]:
+        done.result()
+
   def run(self) -> str:
     """Trains to `rl.steps` from the latest checkpoint; returns a stop reason or ""."""
     job, c = self.job, self.config
@@ -505,9 +695,11 @@ class RLPhase:
         return ""
       if self.step:
         job.log(f"rl: resuming at step {self.step} from {directory}")
-      bar = observe.progress_bar(total=c.rl.steps, initial=self.step, desc="rl",
-                                 enabled=c.log.progress_bar)
+      bar = _progress_bar(total=c.rl.steps, initial=self.step, desc="rl",
+                          enabled=c.log.progress_bar)
       timer = observe.PhaseTimer()
+      with timer("precompile"):
+        self.precompile()
       last_reward = float("nan")
       try:
         while self.step < c.rl.steps:
@@ -561,8 +753,9 @@ def run_eval(job: Job, policies: Mapping[str, Any], rl_step: int) -> dict[str, A
     examples[name], prompt_ids[name], skipped[name] = eval_runner.fitting_examples(
         task, [source[i] for i in range(len(source))], job.encode,
         int(c.eval.max_examples_per_task))
+  sampler = job.sampler if distributed.process_count() == 1 else _GatheredSampler(job.sampler)
   evaluator = eval_runner.Evaluator(
-      job.sampler, job.encode, job.tasks, examples, prompt_ids, skipped, job.pool,
+      sampler, job.encode, job.tasks, examples, prompt_ids, skipped, job.pool,
       temperature=float(c.eval.temperature), chunk_prompts=int(c.rl.batch_prompts))
   key = jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_KEY)
   methods, details = {}, {}
@@ -574,6 +767,8 @@ def run_eval(job: Job, policies: Mapping[str, Any], rl_step: int) -> dict[str, A
     details[method] = {t: dataclasses.asdict(r) for t, r in results.items()}
     row = table_lib.results_row(methods[method])
     job.writer.write("eval", rl_step, {_tag(f"{method}/{h}"): v for h, v in row.items()})
+  if not distributed.is_main_process():
+    return methods
   out_dir = os.path.join(job.workdir, table_lib.RESULTS_DIR)
   os.makedirs(out_dir, exist_ok=True)
   record = {"methods": methods, "details": details, "rl_step": rl_step, "split": split}
@@ -585,6 +780,23 @@ def run_eval(job: Job, policies: Mapping[str, Any], rl_step: int) -> dict[str, A
   with open(md_path, encoding="utf-8") as f:
     job.log("results (percent):\n" + f.read())
   return methods
+
+
+class _GatheredSampler:
+  """A `Sampler` whose completions (tokens, lengths) are whole on every process.
+
+  Evaluation with several processes: every process samples its share of the
+  rows (one global program) and then sees all completions, so the evaluator
+  runs unchanged on each; only process 0 writes what it finds.
+  """
+
+  def __init__(self, sampler: Sampler):
+    self._sampler = sampler
+
+  def __call__(self, *args, **kwargs):
+    out = self._sampler(*args, **kwargs)
+    return out._replace(tokens=distributed.to_host(out.tokens),
+                        lengths=distributed.to_host(out.lengths))
 
 
 def _eval_done(workdir: str, rl_step: int, methods: Sequence[str]) -> dict[str, Any] | None:
@@ -635,6 +847,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
   config_lib.validate(config)
   check_resume_config(config, workdir)
   os.makedirs(workdir, exist_ok=True)
+  main = distributed.is_main_process()
   from astor_jax.data.pipeline import task_sources
 
   c = config
@@ -644,8 +857,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
     raise config_lib.ConfigError(str(e)) from None
   tasks = registry.make_tasks(c)
   data_dir = c.data.data_dir or os.path.join(workdir, "tfds")
-  sources = task_sources(c.data, tuple(c.tasks), data_dir)
-  tokenizer = _load_or_train_tokenizer(c, workdir, tasks, sources)
+  sources = _main_first("tfds", lambda: task_sources(c.data, tuple(c.tasks), data_dir))
+  tokenizer = _main_first("tokenizer",
+                          lambda: _load_or_train_tokenizer(c, workdir, tasks, sources))
   model, params = _build_model(c, tokenizer, mesh)
   params_sharding = param_shardings(model, mesh)
   encode = eval_runner.PromptEncoder(tokenizer, max(c.sampler.prompt_buckets))
@@ -653,10 +867,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
                     prompt_buckets=tuple(c.sampler.prompt_buckets),
                     pad_id=int(tokenizer.pad_token_id), mesh=mesh)
   # Recorded once the job could be set up, so a failed start does not pin the workdir's config.
-  _write_config(config, workdir)
+  if main:
+    _write_config(config, workdir)
+  writer = (observe.MetricWriter(workdir, tensorboard=c.log.tensorboard) if main
+            else _NullWriter())
+  # Every process runs its own execution pool for the rollouts of its rows.
   with ckpt_lib.PreemptionGuard() as guard, \
        ExecutionPool.from_config(c.execution) as pool, \
-       observe.MetricWriter(workdir, tensorboard=c.log.tensorboard) as writer:
+       writer:
     job = Job(config=c, workdir=workdir, mesh=mesh, tasks=tasks, sources=sources,
               tokenizer=tokenizer, encode=encode, model=model, params_sharding=params_sharding,
               sampler=sampler, pool=pool, writer=writer,
@@ -666,7 +884,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
 
 def _stopped(job: Job, reason: str, rl_step: int) -> Outcome:
   job.log(f"stopped ({reason}) with a checkpoint saved; rerun the same command to resume")
-  signum = int(job.should_stop.guard.requested or 0)
+  signum = job.should_stop.signal
   return Outcome(finished=False, stop_reason=reason, signal=signum, rl_step=rl_step)
 
 
@@ -678,7 +896,7 @@ def _run_phases(job: Job, params: Any) -> Outcome:
   if "sft" in phases:
     result = sft.run(c, job.workdir, model=job.model, params=params, rows=_sft_rows(job),
                      mesh=job.mesh, params_sharding=job.params_sharding, writer=job.writer,
-                     should_stop=job.should_stop, progress=observe.progress_bar)
+                     should_stop=job.should_stop, progress=_progress_bar)
     if not result.done:
       return _stopped(job, job.should_stop() or "stopped", 0)
     if result.skipped and c.sft.steps:
@@ -692,8 +910,9 @@ def _run_phases(job: Job, params: Any) -> Outcome:
     rl = RLPhase(job, params)
     reason = rl.run()
     rl_step = rl.step
-    _write_reasons(job, rl)
-    write_plots(job)
+    if distributed.is_main_process():
+      _write_reasons(job, rl)
+      write_plots(job)
     if reason:
       return _stopped(job, reason, rl_step)
     policies[_method_name(c)] = rl.train_state.params

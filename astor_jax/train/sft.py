@@ -166,8 +166,15 @@ def make_sft_step(model: Any, optimizer: optax.GradientTransformation, mesh: Mes
                                      step=train_state.step + 1)
     return new_state, {"loss": loss, "tokens": count, "grad_norm": optax.global_norm(grads)}
 
-  return jax.jit(step, in_shardings=(state_sharding, rows, rows, rows, rows),
-                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  jitted = jax.jit(step, in_shardings=(state_sharding, rows, rows, rows, rows),
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+  def run(train_state: state_lib.TrainState, *batch):
+    # Every process holds the whole (small) batch; device_put keeps each
+    # process's rows (jit refuses sharded numpy inputs across processes).
+    return jitted(train_state, *(jax.device_put(x, rows) for x in batch))
+
+  return run
 
 
 def fingerprint(config: ml_collections.ConfigDict, rows: SFTRows) -> str:
