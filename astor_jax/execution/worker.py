@@ -327,8 +327,16 @@ class Worker:
       _chown_tree(isolation.JOB_DIR_NS, self.job_uid, bool(job.files))
 
   def _empty_tmp(self, job: Job) -> None:
-    """Leaves /tmp empty: the job's own files removed, or a fresh tmpfs mounted."""
+    """Leaves /tmp empty: the job's own files removed, or a fresh tmpfs mounted.
+
+    Rootless, the job's uid is the worker's, so the job owns /tmp itself and
+    could leave its mode, times or extended attributes for the next job: there
+    a fresh tmpfs replaces it after every job.
+    """
     job_dir = isolation.JOB_DIR_NS
+    if self.job_uid is None:
+      isolation.replace_worker_tmp(self.tmp_mb)
+      return
     try:  # the usual case: only what _fill_tmp wrote is there
       if not job.files:
         os.unlink(os.path.join(job_dir, PROGRAM_FILE))

@@ -273,6 +273,7 @@ def test_files_left_in_tmp_do_not_reach_the_next_job():
   # directory it made unreadable, a full disk) is gone for the second.
   leave = ("import os\nos.makedirs('/tmp/keep/deep')\nopen('/tmp/keep/deep/f', 'w').write('x')\n"
            "os.chmod('/tmp/keep', 0)\nopen('/tmp/note', 'w').write('answer')\n"
+           "os.chdir('/tmp')\nfor _ in range(1200):\n  os.mkdir('d')\n  os.chdir('d')\n"
            "os.symlink('/etc/passwd', 'link')\n"
            "try:\n  open('/tmp/fill', 'wb').write(b'x' * (8 << 20))\nexcept OSError as e:\n"
            "  print(e.errno)\n")
@@ -289,3 +290,32 @@ def test_files_left_in_tmp_do_not_reach_the_next_job():
   assert first.status == "ok" and first.stdout == "28\n", first  # ENOSPC: 8 MB cap
   assert (second.status, second.stdout) == ("ok", "['fits', 'job'] ['main.py']\n"), second
   assert third.status == "error" and "No space left" in third.stderr, third  # 4 MB cap
+
+
+_ROOTLESS_SCRIPT = """
+import json, os
+from astor_jax.execution import ExecutionPool, Job, Limits
+with ExecutionPool(1, Limits(timeout_s=3), isolation="namespaces") as pool:
+  mark = ("import os\\nos.setxattr('/tmp', 'user.note', b'answer')\\n"
+          "os.chmod('/tmp', 0o700)\\nopen('/tmp/note', 'w').write('answer')\\n")
+  look = ("import os\\nprint(oct(os.stat('/tmp').st_mode), os.listxattr('/tmp'), "
+          "sorted(os.listdir('/tmp')), os.getuid())\\n")
+  results = pool.run([Job(mark), Job(look)])
+  print(json.dumps([os.geteuid()] + [[r.status, r.stdout, r.stderr[-500:]] for r in results]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to run the pool as a non-root uid")
+def test_rootless_job_owns_tmp_but_leaves_nothing_on_it():
+  # Rootless, a job's uid is its worker's, so it owns /tmp itself: mode and
+  # extended attributes it sets there must not reach the next job.
+  proc = subprocess.run(
+      ["unshare", "--user", "--map-user=1234", "--map-group=1234", sys.executable, "-c",
+       _ROOTLESS_SCRIPT], capture_output=True, text=True, timeout=120, cwd=os.getcwd())
+  if proc.returncode != 0 and "namespaces" in proc.stderr:
+    pytest.skip(f"no nested namespaces here: {proc.stderr[-300:]}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  euid, mark, look = json.loads(proc.stdout.splitlines()[-1])
+  assert euid == 1234 and mark[0] == "ok", mark
+  assert look[:2] == ["ok", "0o41777 [] ['job'] 1000\n"], look
