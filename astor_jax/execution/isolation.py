@@ -17,8 +17,8 @@ Two levels, from the outside in (see `worker.py` for the process tree):
 * program (per job): the worker's own /tmp, emptied before the job (the
   working directory /tmp/job is the only thing in it) and again after it, its
   size set to the job's `max_disk_mb`; an unprivileged uid (JOB_UID) that owns
-  nothing outside the job; no capabilities; its own session; rlimits; a
-  scrubbed environment.
+  nothing outside the job, in a user namespace of its own; no capabilities;
+  its own session; rlimits; a scrubbed environment.
 
 Why /tmp and the IPC namespace can be per worker rather than per job: a
 worker runs one job at a time and is pid 1 of its pid namespace, so when it
@@ -35,8 +35,11 @@ job's, `uid_base + 2 * slot + 1`, as JOB_UID; the job `setresuid`s to JOB_UID,
 which clears every capability (the kernel drops them when all of a process's
 uids leave 0) and, being another uid than the worker's, may not signal,
 ptrace or read /proc of the worker. Rootless, only one uid can be mapped, so
-each job enters a nested user namespace instead, where it is JOB_UID mapped to
-the worker's uid, and drops its capabilities there explicitly.
+the job keeps the worker's uid. Either way the job then enters a user
+namespace of its own, where it is JOB_UID and drops the capabilities the new
+namespace gave it: the kernel keeps keyrings per uid and user namespace, and
+beyond the life of any process (the persistent keyring lasts days), so without
+it one job could leave keys for the next one of its worker.
 
 Where the host refuses namespaces the worker steps and the program's
 namespaces are skipped: the job then runs in a fresh host temp directory, as
@@ -364,20 +367,26 @@ def replace_worker_tmp(max_disk_mb: int) -> None:
   mount_worker_tmp(max_disk_mb)
 
 
-def enter_program_user_namespace() -> None:
-  """Rootless hosts, in the program's process: a nested user namespace where it is
-  JOB_UID (mapped to the worker's uid), with no capabilities.
+def enter_program_user_namespace(outer_uid: int) -> None:
+  """In the program's process: a nested user namespace where it is JOB_UID, mapped
+  to `outer_uid` of the worker's namespace (its own uid there), with no capabilities.
 
-  Called while still holding CAP_SETFCAP in the worker's namespace, which
-  Linux >= 5.12 requires to map that namespace's uid 0 into a child one.
+  The namespace is the job's own, and with it every per-user-namespace thing
+  the kernel keeps for a uid beyond its processes' lives: the user, user
+  session and persistent keyrings (which would otherwise carry data from one
+  job of the worker to the next). Rootless (`outer_uid` 0) it is called while
+  still holding CAP_SETFCAP in the worker's namespace, which Linux >= 5.12
+  requires to map that namespace's uid 0 into a child one.
   """
   linux.unshare(linux.CLONE_NEWUSER)
   _write("/proc/self/setgroups", "deny")
-  _write("/proc/self/uid_map", f"{JOB_UID} 0 1\n")
-  _write("/proc/self/gid_map", f"{JOB_UID} 0 1\n")
+  _write("/proc/self/uid_map", f"{JOB_UID} {outer_uid} 1\n")
+  _write("/proc/self/gid_map", f"{JOB_UID} {outer_uid} 1\n")
   os.setresgid(JOB_UID, JOB_UID, JOB_UID)
   os.setresuid(JOB_UID, JOB_UID, JOB_UID)
-  linux.drop_capabilities()  # uid 0 was never ours here, so setresuid kept them
+  # The full set a new namespace gives its creator; the ambient set is empty and
+  # no_new_privs set since the worker's setup.
+  linux.drop_capabilities(ambient_and_gain=False)
 
 
 def drop_to_uid(uid: int) -> None:

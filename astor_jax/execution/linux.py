@@ -146,11 +146,16 @@ def drop_ambient_and_gain() -> None:
   prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-def drop_capabilities() -> None:
-  """Empties the ambient, effective, permitted and inheritable sets; no_new_privs."""
-  drop_ambient_and_gain()
-  header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-  data = (_CapData * 2)()
+_CAP_EMPTY = (_CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)())
+
+
+def drop_capabilities(ambient_and_gain: bool = True) -> None:
+  """Empties the effective, permitted and inheritable sets; with `ambient_and_gain`
+  also the ambient set, and sets no_new_privs (skip both where a worker that set
+  them is the caller's ancestor: they are inherited, and this runs in every job)."""
+  if ambient_and_gain:
+    drop_ambient_and_gain()
+  header, data = _CAP_EMPTY
   _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 

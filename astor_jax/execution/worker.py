@@ -5,8 +5,9 @@ Process tree (namespaces mode; see isolation.py for what each step isolates):
   fork server
     └─ worker: pid 1 of its own pid namespace, inside its own user, network,
        UTS, IPC and mount namespaces (read-only minimal root, its own /tmp)
-        └─ program (one per job): uid 1000, no capabilities, its own session,
-           rlimits, working directory /tmp/job in the otherwise empty /tmp
+        └─ program (one per job): uid 1000 in a user namespace of its own, no
+           capabilities, its own session, rlimits, working directory /tmp/job
+           in the otherwise empty /tmp
             └─ anything the program starts
 
 Because a worker runs one job at a time and is the init of its pid namespace,
@@ -22,7 +23,8 @@ The same argument makes /tmp and the IPC namespace per worker rather than
 per job: once `kill(-1)` has ended a job, nothing of it runs, so the worker
 empties /tmp and removes every System V IPC object before the next job starts,
 and nothing of one job reaches the next (see isolation.py). That keeps the
-per-job work to one fork, a uid change and a few file operations.
+per-job work to one fork, a uid change, a user namespace (for what the kernel
+keeps per uid, e.g. keyrings) and a few file operations.
 
 In rlimits mode the worker is a subreaper instead: a job's orphans come back
 to it, and it kills its children, repeatedly, until none is left.
@@ -516,19 +518,21 @@ class Worker:
     try:
       os.setsid()
       if self.namespaces:  # pid 1's death kills us: no PDEATHSIG needed
+        outer_uid = 0
         if self.job_uid is not None:
           # All uids leave 0: the kernel clears every capability.
           os.setresgid(self.job_uid, self.job_uid, self.job_uid)
           os.setresuid(self.job_uid, self.job_uid, self.job_uid)
-        else:
-          isolation.enter_program_user_namespace()
+          outer_uid = self.job_uid
+        # After the uid change, which resets it: our own /proc (uid_map, /dev/stdin).
+        linux.set_dumpable()
+        isolation.enter_program_user_namespace(outer_uid)
       else:
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if self.host_uid is not None:
           isolation.drop_to_uid(self.host_uid)
         linux.drop_capabilities()
-      # After the uid change, which resets it: our own /proc (e.g. /dev/stdin).
-      linux.set_dumpable()
+        linux.set_dumpable()
       os.chdir(workdir)
       high = [_to_high_fd(fd) for fd in (pipes.stdin, pipes.out_w, pipes.err_w, pipes.mark_w)]
       for target, fd in enumerate(high[:3]):
