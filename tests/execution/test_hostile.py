@@ -322,3 +322,28 @@ def test_rootless_job_owns_tmp_but_leaves_nothing_on_it():
   euid, mark, look = json.loads(proc.stdout.splitlines()[-1])
   assert euid == 1234 and mark[0] == "ok", mark
   assert look[:2] == ["ok", "0o41777 [] ['job'] 1000\n"], look
+
+
+_KEYCTL = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "libc.syscall.restype = ctypes.c_long\n"
+           "SYS_ADD_KEY, SYS_KEYCTL, KEYCTL_SEARCH, KEYCTL_GET_PERSISTENT = 248, 250, 10, 22\n"
+           "RINGS = {'user': -4, 'user_session': -5}\n"
+           "RINGS['persistent'] = libc.syscall(SYS_KEYCTL, KEYCTL_GET_PERSISTENT, -1, -2)\n")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers of x86_64")
+def test_keys_left_in_keyrings_do_not_reach_the_next_job():
+  # Keyrings outlive processes (the persistent one by days): one job's keys
+  # must not be there for the next job of the same worker.
+  leave = _KEYCTL + ("print(sorted(name for name, ring in RINGS.items() if ring > 0 and "
+                     "libc.syscall(SYS_ADD_KEY, b'user', b'note', b'answer', 6, ring) > 0))\n")
+  look = _KEYCTL + ("print(sorted(name for name, ring in RINGS.items() if ring > 0 and "
+                    "libc.syscall(SYS_KEYCTL, KEYCTL_SEARCH, ring, b'user', b'note', 0) > 0))\n")
+  try:
+    pool = ExecutionPool(1, DEADLINE, isolation="namespaces")
+  except RuntimeError as e:
+    pytest.skip(f"namespaces unavailable here: {e}")
+  with pool:
+    left, seen = pool.run([Job(leave), Job(look)])
+  assert left.status == "ok" and left.stdout != "[]\n", left  # the keys were made
+  assert (seen.status, seen.stdout) == ("ok", "[]\n"), seen
