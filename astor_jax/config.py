@@ -236,11 +236,17 @@ def _check_scale_out_fields(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.topology: {e}") from None
   for path, check in (("model.shape_preset", string("model.shape_preset")),
                       ("model.scan_layers", boolean("model.scan_layers")),
-                      ("rl.microbatches", positive_int("rl.microbatches"))):
+                      ("rl.microbatches", positive_int("rl.microbatches")),
+                      ("sampler.chunk_rows", nonneg_int("sampler.chunk_rows"))):
     value = get_field(config, path)
     if value is not _MISSING and not check.ok(value):
       raise ConfigError(f"config.{path}: got {value!r}, expected {check.expected}; "
                         f"fix with --config.{path}=<value>")
+  chunk_rows = get_field(config, "sampler.chunk_rows")
+  if chunk_rows is not _MISSING and 0 < chunk_rows < config.rl.group_size:
+    raise ConfigError(f"config.sampler.chunk_rows: {chunk_rows} rows cannot hold one group of "
+                      f"rl.group_size={config.rl.group_size} rollouts; use 0 (auto) or at "
+                      "least the group size")
   microbatches = get_field(config, "rl.microbatches")
   rows = config.rl.batch_prompts * config.rl.group_size // config.rl.minibatches
   if microbatches is not _MISSING and rows % microbatches:

@@ -12,7 +12,8 @@ batch. Then it lowers and compiles, for that mesh, the three programs a step
 runs (the same functions the training loop jits):
 
   sampler      `rollout.sampler.generate`: prefill + decode of all
-               `batch_prompts x group_size` rollouts (holds the KV cache)
+               `batch_prompts x group_size` rollouts, in row chunks when
+               their KV cache would not fit (`sampler.chunk_rows`, auto)
   log-probs    `train.step.make_logprob_fn`: reference / old-policy log-probs
                of the rollout batch
   train step   `train.step.make_train_step`: advantages, loss, gradients,
@@ -119,6 +120,7 @@ class Report:
   rollout_rows: int
   seq_len: int
   rows_per_pass: int
+  sampler_rows_per_chunk: int
   params_bytes: int
   opt_bytes: int
   ref_bytes: int
@@ -164,14 +166,15 @@ def format_report(report: Report) -> str:
       f"  model     {report.model_name}: {_count(report.num_params)} parameters",
       f"  mesh      data x fsdp x tensor = {d} x {f} x {t}",
       f"  batch     {report.rollout_rows} rollout rows x {report.seq_len} tokens; "
-      f"{report.rows_per_pass} rows per forward/backward pass",
+      f"{report.rows_per_pass} rows per forward/backward pass; the sampler generates "
+      f"{report.sampler_rows_per_chunk} at once",
       "",
       "  per-device memory                               GiB",
       f"    policy parameters                        {_gib(report.params_bytes)}",
       f"    optimizer state                          {_gib(report.opt_bytes)}",
       f"    reference parameters                     {_gib(report.ref_bytes)}",
       f"    rollout batch (train step input)         {_gib(report.batch_bytes)}",
-      f"    KV cache (all rollouts)                  {_gib(report.kv_cache_bytes)}",
+      f"    KV cache (one sampler row chunk)         {_gib(report.kv_cache_bytes)}",
   ]
   for p in report.programs:
     extra = f" ({p.source}{f', {p.seconds:.1f} s' if p.source == 'compiled' else ''})"
@@ -315,20 +318,30 @@ def analytic_sampler_temp(mc, prompts_per_device: int, rows_per_device: int, pro
                           cache_len: int, tensor: int) -> int:
   """Estimated temporaries of the sampler per device besides the KV cache, in bytes.
 
-  Prefill of one layer (fp32 scores and probabilities over the prompt against
-  the cache, SwiGLU activations), the decode step's logits `[rows, V/t]` fp32
-  (sampling keeps a few copies), and the `[M, rows]` output buffers.
+  For one row chunk (`prompts_per_device` prompts, `rows_per_device` rows):
+  the prefill's own cache of the P prompt slots (all layers; the decode cache
+  is grown from it), one layer's prefill working set (float32 scores and
+  probabilities of one query block `[p, H/t, min(P, QUERY_BLOCK), P]`, SwiGLU
+  and residual activations), the decode step's logits `[rows, V/t]` fp32
+  (sampling keeps a few copies). `cache_len` (P + M) sizes nothing here: the
+  decode cache is counted by `kv_cache_bytes`.
   """
   import numpy as np
 
+  from astor_jax.model import transformer
+
+  del cache_len
   c = np.dtype(mc.compute_jnp_dtype).itemsize
   heads = _divided(mc.num_heads, tensor) if mc.num_kv_heads % tensor == 0 else mc.num_heads
+  kv_heads = _divided(mc.num_kv_heads, tensor)
   p = prompts_per_device
-  prefill = (2 * p * heads * prompt_len * cache_len * 4
+  query_block = min(prompt_len, transformer.QUERY_BLOCK)
+  prompt_cache = 2 * mc.num_layers * p * kv_heads * prompt_len * mc.head_dim * c
+  prefill = (2 * p * heads * query_block * prompt_len * 4
              + 3 * p * prompt_len * _divided(mc.intermediate_size, tensor) * c
              + 6 * p * prompt_len * mc.hidden_size * c)
   logits = 4 * max(rows_per_device, p) * _divided(mc.vocab_size, tensor) * 4
-  return prefill + logits
+  return prompt_cache + prefill + logits
 
 
 # ---------------------------------------------------------------------------- programs
@@ -363,6 +376,7 @@ class _Job:
   rollout_rows: int
   seq_len: int
   prompt_len: int
+  sampler_prompts_per_chunk: int = 0  # set by `check` (0: all prompts at once)
 
 
 def _build_job(config: ml_collections.ConfigDict, mc, mesh) -> _Job:
@@ -464,24 +478,54 @@ def compile_sampler(job: _Job) -> ProgramMemory:
   c = job.config
   fn = jax.jit(functools.partial(
       sampler_lib.generate, job.model, group_size=c.rl.group_size,
-      max_new_tokens=c.sampler.max_new_tokens, pad_id=0))
+      max_new_tokens=c.sampler.max_new_tokens, pad_id=0,
+      prompts_per_chunk=job.sampler_prompts_per_chunk or None))
   with jax.set_mesh(job.mesh):
     lowered = fn.lower(job.params, *_sampler_inputs(job))
   return _memory("sampler", lowered)
 
 
-def kv_cache_bytes(job: _Job) -> int:
-  """Per-device bytes of the sampler's KV cache, sharded as the model constrains it."""
-  import numpy as np
+def sampler_rows_per_chunk(job: _Job) -> int:
+  """Rollout rows the sampler generates at once (one row chunk)."""
+  prompts = job.sampler_prompts_per_chunk or job.config.rl.batch_prompts
+  return prompts * job.config.rl.group_size
 
-  mc, mesh = job.mc, job.mesh
+
+def choose_sampler_chunk(job: _Job, free_bytes: int) -> int:
+  """Prompts per sampler row chunk, as the job's `Sampler` would choose them.
+
+  `config.sampler.chunk_rows` when set; else (auto) chunks whose KV cache takes
+  at most `sampler.AUTO_CACHE_SHARE` of `free_bytes`, the device memory left
+  beside the parameters, optimizer state and reference model (what the Sampler
+  measures on the device).
+  """
+  from astor_jax.rollout import sampler as sampler_lib
+
+  c, mesh = job.config, job.mesh
+  prompts, group = c.rl.batch_prompts, c.rl.group_size
+  row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  max_rows = int(c.sampler.get("chunk_rows", 0)) or sampler_lib.auto_chunk_rows(
+      job.mc, job.prompt_len + c.sampler.max_new_tokens, free_bytes, row_shards=row_shards,
+      kv_head_shards=mesh.shape["tensor"])
+  if max_rows is None or max_rows >= prompts * group:
+    return prompts
+  try:
+    return sampler_lib.prompts_per_chunk(prompts, group, max_rows, row_shards)
+  except ValueError as e:
+    raise LaunchCheckError(str(e)) from None
+
+
+def kv_cache_bytes(job: _Job) -> int:
+  """Per-device bytes of one sampler row chunk's KV cache, sharded as the model constrains it."""
+  from astor_jax.rollout import sampler as sampler_lib
+
+  mesh = job.mesh
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  rows = job.rollout_rows
+  rows = sampler_rows_per_chunk(job)
   rows_dev = rows // batch_shards if rows % batch_shards == 0 else rows
-  kv_dev = _divided(mc.num_kv_heads, mesh.shape["tensor"])
   slots = job.prompt_len + job.config.sampler.max_new_tokens
-  itemsize = np.dtype(mc.compute_jnp_dtype).itemsize
-  return 2 * mc.num_layers * rows_dev * kv_dev * slots * mc.head_dim * itemsize
+  return rows_dev * sampler_lib.kv_cache_bytes_per_row(job.mc, slots,
+                                                      kv_head_shards=mesh.shape["tensor"])
 
 
 def _analytic_programs(job: _Job, params_bytes: int, opt_bytes: int, batch_bytes: int,
@@ -493,10 +537,17 @@ def _analytic_programs(job: _Job, params_bytes: int, opt_bytes: int, batch_bytes
   per_dev = lambda n: -(-n // batch_shards)  # noqa: E731
   train_temp = analytic_train_temp(job.mc, per_dev(rows_per_pass), job.seq_len, tensor, chunk,
                                    params_bytes)
-  logprob_temp = analytic_train_temp(job.mc, per_dev(job.rollout_rows), job.seq_len, tensor,
-                                     chunk, 0, backward=False)
+  # The log-prob fn runs the batch in minibatches x microbatches row chunks
+  # (`train.step.make_logprob_fn`): one chunk's forward at a time, plus the
+  # float32 [N, L] result.
+  c = job.config
+  logprob_rows = job.rollout_rows // (int(c.rl.minibatches) * int(c.rl.get("microbatches", 1)))
+  logprob_temp = (analytic_train_temp(job.mc, per_dev(logprob_rows), job.seq_len, tensor,
+                                      chunk, 0, backward=False)
+                  + per_dev(job.rollout_rows) * job.seq_len * 4)
+  chunk_rows = sampler_rows_per_chunk(job)
   sampler_temp = kv_bytes + analytic_sampler_temp(
-      job.mc, per_dev(job.config.rl.batch_prompts), per_dev(job.rollout_rows), job.prompt_len,
+      job.mc, per_dev(chunk_rows // c.rl.group_size), per_dev(chunk_rows), job.prompt_len,
       job.seq_len, tensor)
   return [
       ProgramMemory("sampler", params_bytes, 0, 0, sampler_temp, "analytic"),
@@ -575,6 +626,10 @@ def check(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
   uses_reference = c.astor.init_beta > 0 or c.astor.calibrate
   ref_bytes = params_bytes if uses_reference else 0
   batch_bytes = _sharded_bytes(job.batch)
+  hbm = topology.hbm_bytes if hbm_bytes is None else hbm_bytes
+  usable = int(hbm * topology.device.usable_fraction)
+  job.sampler_prompts_per_chunk = choose_sampler_chunk(
+      job, usable - params_bytes - opt_bytes - ref_bytes)
   kv_bytes = kv_cache_bytes(job)
 
   programs: list[ProgramMemory] = []
@@ -602,13 +657,12 @@ def check(config: ml_collections.ConfigDict, topology: topology_lib.Topology, *,
       "computing log-probs": by_name["log-probs"].peak_bytes + opt_bytes + ref_bytes,
       "training": by_name["train step"].peak_bytes + ref_bytes,
   }
-  hbm = topology.hbm_bytes if hbm_bytes is None else hbm_bytes
-  usable = int(hbm * topology.device.usable_fraction)
   report = Report(
       config_name=config_name, topology=topology.name,
       topology_description=topology.describe(), mesh_shape=shape, model_name=name,
       num_params=mc.num_params, rollout_rows=job.rollout_rows, seq_len=job.seq_len,
-      rows_per_pass=rows_per_pass, params_bytes=params_bytes, opt_bytes=opt_bytes,
+      rows_per_pass=rows_per_pass, sampler_rows_per_chunk=sampler_rows_per_chunk(job),
+      params_bytes=params_bytes, opt_bytes=opt_bytes,
       ref_bytes=ref_bytes, batch_bytes=batch_bytes, kv_cache_bytes=kv_bytes,
       programs=programs, phases=phases, hbm_bytes=hbm, usable_bytes=usable,
       warnings=warnings, advice=[])
@@ -640,10 +694,12 @@ def advice(report: Report, config: ml_collections.ConfigDict) -> list[str]:
     if not config.model.logprob_chunk_size:
       out.append("never hold full [rows, seq, vocab] logits: --config.model.logprob_chunk_size=512")
   elif worst == "sampling":
-    out.append(f"the KV cache of all {report.rollout_rows} rollouts takes "
-               f"{report.kv_cache_bytes / GIB:.2f} GiB per device: lower "
-               f"--config.sampler.max_new_tokens or the largest --config.sampler.prompt_buckets, "
-               "or use more devices")
+    rows = report.sampler_rows_per_chunk
+    out.append(f"the KV cache of {rows} rollouts generated at once takes "
+               f"{report.kv_cache_bytes / GIB:.2f} GiB per device: generate fewer at once, "
+               f"--config.sampler.chunk_rows={max(rows // 2, config.rl.group_size)} (now "
+               f"{config.sampler.get('chunk_rows', 0)}, 0 is auto), or lower "
+               "--config.sampler.max_new_tokens or the largest --config.sampler.prompt_buckets")
   else:
     out.append(f"the log-prob pass runs all {report.rollout_rows} rows at once: lower "
                "--config.model.logprob_chunk_size, the sequence length, or use more devices")

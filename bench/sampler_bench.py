@@ -36,18 +36,24 @@ DEFAULT_PEER_SCRIPTS = REPO.parent / "shared" / "bench" / "peers"
 MODES = ("sample", "greedy")
 
 
-def run_ours(mode: str, reps: int, batch: int, prompt_len: int, new_tokens: int) -> dict:
-  """Times our Sampler in this process; returns the peer scripts' JSON fields."""
+def run_ours(mode: str, reps: int, batch: int, prompt_len: int, new_tokens: int,
+             decode_segments: int | None = None) -> dict:
+  """Times our Sampler in this process; returns the peer scripts' JSON fields.
+
+  `decode_segments` None is the Sampler's default (`sampler.DECODE_SEGMENTS`).
+  """
   import jax
   import numpy as np
 
   from astor_jax.model import Transformer, get_preset, init_params
-  from astor_jax.rollout.sampler import Sampler
+  from astor_jax.rollout.sampler import DECODE_SEGMENTS, Sampler
 
   config = get_preset("bench_6l")
   model = Transformer(config)
   params = jax.block_until_ready(init_params(model, jax.random.key(0)))
-  sampler = Sampler(model, max_new_tokens=new_tokens, prompt_buckets=(prompt_len,), pad_id=0)
+  segments = DECODE_SEGMENTS if decode_segments is None else decode_segments
+  sampler = Sampler(model, max_new_tokens=new_tokens, prompt_buckets=(prompt_len,), pad_id=0,
+                    decode_segments=segments)
   rng = np.random.default_rng(0)
   prompts = rng.integers(3, config.vocab_size, (batch, prompt_len)).tolist()
   temperature = 1.0 if mode == "sample" else 0.0
@@ -70,7 +76,7 @@ def run_ours(mode: str, reps: int, batch: int, prompt_len: int, new_tokens: int)
       "framework": "astor_jax Sampler",
       "versions": {"jax": jax.__version__},
       "config": {"mode": mode, "batch": batch, "prompt_len": prompt_len,
-                 "new_tokens": new_tokens, "reps": reps},
+                 "new_tokens": new_tokens, "reps": reps, "decode_segments": segments},
       "n_params": int(sum(x.size for x in jax.tree.leaves(params))),
       "compiled_programs": compiles,
       "warmup_incl_compile_s": round(first, 4),
@@ -103,6 +109,8 @@ def measure(name: str, mode: str, args, workdir: str) -> dict | None:
     command = [sys.executable, "-m", "bench.sampler_bench", "--single", *common,
                "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
                "--new-tokens", str(args.new_tokens)]
+    if args.decode_segments is not None:
+      command += ["--decode-segments", str(args.decode_segments)]
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return _run_json(command, env, json_path)
   venv = "tunix" if name == "tunix" else "trl"
@@ -162,6 +170,9 @@ def main(argv=None) -> None:
   ap.add_argument("--prompt-len", type=int, default=16)
   ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--rounds", type=int, default=1, help="repeat every measurement")
+  ap.add_argument("--decode-segments", type=int, default=None,
+                  help="our Sampler's decode loops (default: sampler.DECODE_SEGMENTS; 1: "
+                  "one loop attending to the whole cache)")
   ap.add_argument("--with-peers", action="store_true",
                   help="also run Tunix's Sampler and HF generate in this invocation")
   ap.add_argument("--peers", default=os.environ.get(
@@ -174,7 +185,8 @@ def main(argv=None) -> None:
   args = ap.parse_args(argv)
 
   if args.single:  # a child process: one framework, one mode
-    result = run_ours(args.mode, args.reps, args.batch, args.prompt_len, args.new_tokens)
+    result = run_ours(args.mode, args.reps, args.batch, args.prompt_len, args.new_tokens,
+                      args.decode_segments)
     print(json.dumps(result, indent=1))
     if args.json_out:
       with open(args.json_out, "w") as f:

@@ -18,8 +18,11 @@ of per-layer arrays `[B, K, S, Dh]`; with `scan_layers` they are stacked arrays
 `[L, B, K, S, Dh]`. The heads-before-slots layout makes both attention matmuls of
 a decode step plain batched matmuls over the cache with no transposes. New keys
 and values are written at slot `cache_index` (one slot offset for all rows:
-prompts are left-padded to a common length) and the queries attend over all S
-slots under the caller's `attention_mask`; `cache_mask` builds it.
+prompts are left-padded to a common length) and the queries attend over the
+first `S'` slots, `S'` the last axis of the caller's `attention_mask` [B, T, S']
+(`cache_mask` builds it): a decode step pays only for the slots it can see.
+Passes over more than `QUERY_BLOCK` tokens compute attention one block of
+queries at a time (`attend`).
 
 Parameters carry logical axis names (see sharding.py) and are initialized
 N(0, initializer_range) for every matrix and embedding, zeros for biases and ones
@@ -163,6 +166,62 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+# Queries per block when a pass has more (long prompts, long training rows): the
+# float32 scores of one block, [B, H, QUERY_BLOCK, S], are the largest attention
+# temporary instead of [B, H, T, S].
+QUERY_BLOCK = 512
+
+
+def _attend_dense(q: Array, key: Array, value: Array, mask: Array, dtype) -> Array:
+  """Softmax attention as two batched matmuls; shapes as `attend`."""
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, key.astype(dtype),
+                      preferred_element_type=jnp.float32)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  return jnp.einsum("bkgts,bksd->btkgd", probs, value.astype(dtype))
+
+
+def attend(q: Array, key: Array, value: Array, mask: Array, dtype) -> Array:
+  """Grouped-query softmax attention over the first `S' = mask.shape[-1]` key slots.
+
+  out[b, t, k, g] = sum_{s < S'} softmax_s(q[b, t, k, g] . key[b, k, s] | mask[b, t, s])
+                    value[b, k, s]
+
+  Key slots at and after S' are never read (on XLA:CPU the prefix is copied
+  before the matmuls, so a sampler sizes its cache to what it attends to
+  rather than slicing a longer one every step). Passes with more than
+  `QUERY_BLOCK` queries run block by block (`lax.map`, rematerialized in the
+  backward pass), so the `[B, H, T, S']` scores never exist whole.
+
+  Args:
+    q: `[B, T, K, G, Dh]` queries, already scaled by `Dh ** -0.5`.
+    key, value: `[B, K, S, Dh]`, S >= S'.
+    mask: `[B, T, S']` bool; a query with no visible key gets a uniform average.
+    dtype: the compute dtype (scores and softmax are float32).
+
+  Returns:
+    `[B, T, K, G, Dh]` in `dtype`.
+  """
+  chex.assert_rank([q, key, value, mask], [5, 4, 4, 3])
+  b, t, k, g, dh = q.shape
+  kv_len = mask.shape[-1]
+  if kv_len > key.shape[2]:
+    raise ValueError(f"attention mask covers {kv_len} key slots, the keys have {key.shape[2]}")
+  if kv_len < key.shape[2]:
+    key, value = key[:, :, :kv_len], value[:, :, :kv_len]
+  if t <= QUERY_BLOCK:
+    return _attend_dense(q, key, value, mask, dtype)
+  blocks = -(-t // QUERY_BLOCK)
+  pad = blocks * QUERY_BLOCK - t
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+  mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+  q_blocks = q.reshape(b, blocks, QUERY_BLOCK, k, g, dh).swapaxes(0, 1)
+  mask_blocks = mask.reshape(b, blocks, QUERY_BLOCK, kv_len).swapaxes(0, 1)
+  block_fn = jax.checkpoint(lambda qm: _attend_dense(qm[0], key, value, qm[1], dtype))
+  out = jax.lax.map(block_fn, (q_blocks, mask_blocks))  # [blocks, B, QUERY_BLOCK, K, G, Dh]
+  return out.swapaxes(0, 1).reshape(b, blocks * QUERY_BLOCK, k, g, dh)[:, :t]
+
+
 def _normal(config: ModelConfig):
   return nn.initializers.normal(stddev=config.initializer_range)
 
@@ -233,12 +292,7 @@ class Attention(nn.Module):
                                    "activation_length", "activation_head_dim"))
     value = sharding.constrain(value, ("activation_batch", "activation_kv_heads",
                                        "activation_length", "activation_head_dim"))
-    q = q.reshape(b, t, k, h // k, dh)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, key.astype(dtype),
-                        preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, value.astype(dtype)).reshape(b, t, h, dh)
+    out = attend(q.reshape(b, t, k, h // k, dh), key, value, mask, dtype).reshape(b, t, h, dh)
     w_o = self.param("o_proj_kernel",
                      nn.with_logical_partitioning(_normal(cfg), ("q_heads", "head_dim", "embed")),
                      (h, dh, d), cfg.param_jnp_dtype)
@@ -371,8 +425,9 @@ class Transformer(nn.Module):
     Args:
       tokens: [B, T] int32.
       positions: [B, T] int32 RoPE positions.
-      attention_mask: [B, T, S] bool, true where query t may attend key slot s.
-      cache: None (then S == T) or a Cache with S slots.
+      attention_mask: [B, T, S'] bool, true where query t may attend key slot s;
+        only the first S' slots are read (S' == T without a cache).
+      cache: None or a Cache with S >= S' slots.
       cache_index: int32 scalar slot of tokens[:, 0] in the cache (with a cache).
 
     Returns:

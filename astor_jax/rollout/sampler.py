@@ -5,14 +5,24 @@ that buckets and left-pads prompts, turns per-prompt sampling settings into
 arrays, and keeps one jitted program per (prompts, bucket, group size).
 
 Layout of one call with `B` prompts, group size `G`, bucket `P` and capacity
-`M` new tokens (`N = B * G` rows, cache of `S = P + M` slots):
+`M` new tokens (`N = B * G` rows, at most `S = P + M` cache slots):
 
-    prefill  [B, P] once  -> cache slots [0, P), logits of the last prompt token
-    repeat   cache rows and logits G times (row r belongs to prompt r // G)
-    loop     t = 0 .. M-1 while some row is unfinished:
-               sample token t from the carried logits, feed it at slot P + t
-               (one model call per step; the call after the last token is the
-               price of compiling the sampling code once)
+    prefill  [B, P] once  -> a cache of the P prompt slots (queries in blocks of
+               `transformer.QUERY_BLOCK`), logits of the last prompt token
+    grow     repeat cache rows and logits G times (row r belongs to prompt r // G)
+               and append the first segment's empty slots, in one fused write
+    segments e_j = ceil(j M / n), j = 1 .. n (`decode_segments`):
+      loop   t = e_{j-1} .. e_j - 1 while some row is unfinished:
+               sample token t from the carried logits, feed it at slot P + t,
+               attending to the P + e_j slots of the segment's cache (one model
+               call per step; the call after the last token is the price of
+               compiling the sampling code once)
+      grow   append the next segment's empty slots
+
+So decode attention costs the slots that can be written by then, not all of
+S, at the price of compiling one decode loop per segment. When the KV cache of
+all N rows would not fit, `prompts_per_chunk` runs the batch as row chunks
+one after the other (`lax.map`), each doing all of the above for its rows.
 
 Every row attends to its real prompt slots and to its own generated slots, so
 left padding never changes a row's tokens. A row finishes at EOS (its task's
@@ -28,7 +38,8 @@ tokens, so their difference measures the sampler/trainer mismatch.
 was drawn from (0 for greedy rows).
 
 Random numbers: the caller passes a fresh key per call (split it from the
-training rng); step t uses `fold_in(key, t)`, so no key is used twice.
+training rng); step t draws one uniform per row from `fold_in(key, t)`, so no
+key is used twice and a row's draw does not depend on the row chunks.
 """
 
 from __future__ import annotations
@@ -168,16 +179,149 @@ def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+DECODE_SEGMENTS = 4  # decode loops per call; each attends to the slots written by its end
+
+
+def segment_ends(max_new_tokens: int, segments: int) -> tuple[int, ...]:
+  """Ends `e_j = ceil(j * M / n)`, j = 1..n, of the n decode segments (distinct, last is M)."""
+  segments = max(1, min(segments, max_new_tokens))
+  return tuple(sorted({-(-j * max_new_tokens // segments) for j in range(1, segments + 1)}))
+
+
 def _prefill(model, tokens, positions, attention_mask, cache, cache_index):
   """Fills the cache with the prompts; logits `[B, V]` of the last column only."""
   hidden, cache = model.hidden_states(tokens, positions, attention_mask, cache, cache_index)
   return model.logits_from_hidden(hidden[:, -1]), cache
 
 
+_CACHE_AXES = ("activation_batch", "activation_kv_heads", "activation_length",
+               "activation_head_dim")
+
+
+def _grow_cache(cache: transformer.Cache, group_size: int, new_slots: int,
+                scanned: bool) -> transformer.Cache:
+  """Repeats every cache row `group_size` times and appends `new_slots` empty slots.
+
+  One fused repeat-and-pad per leaf writes the grown `[N, K, S + new, Dh]`
+  cache straight from the old one: no intermediate cache-sized copy.
+  """
+  batch_axis = 1 if scanned else 0
+  axes = ((None,) if scanned else ()) + _CACHE_AXES
+
+  def grow(x):
+    if group_size > 1:
+      x = jnp.repeat(x, group_size, axis=batch_axis)
+    pad = [(0, 0)] * x.ndim
+    pad[batch_axis + 2] = (0, new_slots)
+    return model_sharding.constrain(jnp.pad(x, pad), axes)
+
+  return jax.tree.map(grow, cache)
+
+
+def _generate_rows(model, params, prompt_tokens, prompt_mask, key, sp: SamplingParams,
+                   row_ids, *, batch_rows: int, group_size: int, max_new_tokens: int,
+                   pad_id: int, cache_dtype, decode_segments: int) -> _DecodeState:
+  """Prefill and decode of one set of prompts (the whole batch or one row chunk).
+
+  `row_ids` `[rows]` are the rows' indices in the batch (None: all rows): step
+  t draws one uniform per batch row from `fold_in(key, t)` and each row takes
+  its own, so a row's tokens do not depend on how the batch is chunked.
+  """
+  num_prompts, prompt_len = prompt_tokens.shape
+  rows = num_prompts * group_size
+  batch_axes = ("activation_batch", None)
+  prompt_tokens = model_sharding.constrain(prompt_tokens, batch_axes)
+  prompt_mask = model_sharding.constrain(prompt_mask, batch_axes)
+
+  # Prefill into a cache of exactly the P prompt slots, then grow it for the rollouts.
+  prompt_cache = transformer.init_cache(model.config, num_prompts, prompt_len, cache_dtype)
+  last_logits, prompt_cache = model.apply(
+      {"params": params}, prompt_tokens, prompt_positions(prompt_mask),
+      transformer.cache_mask(prompt_mask, jnp.int32(0), prompt_len), prompt_cache,
+      jnp.int32(0), method=_prefill)
+  ends = segment_ends(max_new_tokens, decode_segments)
+  scanned = model.config.scan_layers
+  cache = _grow_cache(prompt_cache, group_size, ends[0], scanned)
+  # G rollouts share one prefill: repeat its logits instead of recomputing.
+  last_logits = jnp.repeat(last_logits, group_size, axis=0)
+  prompt_mask = jnp.repeat(prompt_mask, group_size, axis=0)
+  real_prompt_len = prompt_mask.sum(axis=-1).astype(jnp.int32)
+
+  window_len = sp.stop_sequences.shape[-1]
+  state = _DecodeState(
+      step=jnp.int32(0),
+      last_tokens=jnp.full((rows,), pad_id, jnp.int32),
+      tokens=jnp.full((max_new_tokens, rows), pad_id, jnp.int32),
+      logprobs=jnp.zeros((max_new_tokens, rows), jnp.float32),
+      processed_logprobs=jnp.zeros((max_new_tokens, rows), jnp.float32),
+      done=jnp.zeros((rows,), bool),
+      finish_reasons=jnp.full((rows,), FINISH_LENGTH, jnp.int32),
+      lengths=jnp.zeros((rows,), jnp.int32),
+      window=jnp.full((rows, window_len), _NOT_GENERATED, jnp.int32),
+      cache=cache,
+  )
+
+  def choose(state: _DecodeState, logits: jax.Array) -> _DecodeState:
+    uniform = jax.random.uniform(jax.random.fold_in(key, state.step), (batch_rows,),
+                                 jnp.float32)
+    if row_ids is not None:
+      uniform = uniform[row_ids]
+    sampled, logprobs, processed = sampling.sample_tokens(
+        None, logits, sp.temperature, sp.top_p, sp.top_k, uniform=uniform)
+    return _record(state, sampled, logprobs, processed, sp, pad_id)
+
+  def decode_step(carry, generated_span: int):
+    """Chooses token t, then feeds it at slot P + t attending to P + span slots."""
+    state, logits = carry
+    state = choose(state, logits)
+    fed = state.step - 1
+    generated = jnp.arange(generated_span, dtype=jnp.int32) <= fed
+    visible = jnp.concatenate(
+        [prompt_mask, jnp.broadcast_to(generated, (rows, generated_span))], axis=1)
+    logits, cache = model.apply(
+        {"params": params}, state.last_tokens[:, None], (real_prompt_len + fed)[:, None],
+        visible[:, None, :], state.cache, prompt_len + fed)
+    return state._replace(cache=cache), logits[:, -1].astype(jnp.float32)
+
+  # Segment j decodes tokens [e_{j-1}, e_j) with a cache of the P + e_j slots
+  # that can be written by then, so its attention costs only those; the cache
+  # grows by one copy between segments. Every segment ends early once every
+  # row is finished.
+  carry = (state, last_logits)
+  for j, end in enumerate(ends):
+    if j:
+      state, logits = carry
+      grown = _grow_cache(state.cache, 1, end - ends[j - 1], scanned)
+      carry = (state._replace(cache=grown), logits)
+    carry = jax.lax.while_loop(
+        lambda c, end=end: (c[0].step < end) & ~jnp.all(c[0].done),
+        functools.partial(decode_step, generated_span=end), carry)
+  return carry[0]
+
+
+def _chunked(x: jax.Array, chunks: int, group: int) -> jax.Array:
+  """`[B * group, ...]` -> `[chunks, B / chunks * group, ...]`, chunk c = prompts c, c + n, ...
+
+  Strided chunks keep each chunk's rows spread over all devices of a
+  row-sharded batch.
+  """
+  per_chunk = x.shape[0] // (chunks * group)
+  x = x.reshape(per_chunk, chunks, group, *x.shape[1:])
+  return jnp.moveaxis(x, 1, 0).reshape(chunks, per_chunk * group, *x.shape[3:])
+
+
+def _unchunked(x: jax.Array, group: int) -> jax.Array:
+  """Inverse of `_chunked`."""
+  chunks, rows = x.shape[:2]
+  x = x.reshape(chunks, rows // group, group, *x.shape[2:])
+  return jnp.moveaxis(x, 0, 1).reshape(chunks * rows, *x.shape[3:])
+
+
 def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Array,
              prompt_mask: jax.Array, key: jax.Array, sampling_params: SamplingParams, *,
-             group_size: int, max_new_tokens: int, pad_id: int,
-             cache_dtype=None) -> SamplerOutput:
+             group_size: int, max_new_tokens: int, pad_id: int, cache_dtype=None,
+             decode_segments: int = DECODE_SEGMENTS,
+             prompts_per_chunk: int | None = None) -> SamplerOutput:
   """Samples `group_size` completions per prompt (pure; jit with the static args).
 
   Args:
@@ -191,93 +335,138 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
     max_new_tokens: capacity M of the completion buffers (static).
     pad_id: token id written after a row finished (static).
     cache_dtype: KV-cache dtype (static; default the model's compute dtype).
+    decode_segments: decode loops n (static): loop j generates tokens up to
+      `e_j = ceil(j M / n)` attending to P + e_j slots; 1 attends to all P + M
+      slots at every step. Each loop is compiled separately.
+    prompts_per_chunk: prompts whose rollouts are generated together (static;
+      None or B: all at once). With C < B the batch runs as B / C chunks one
+      after the other (`lax.map`), each with a KV cache of C * G rows; chunk c
+      holds prompts c, c + B/C, ... The tokens do not depend on C.
 
   Returns:
     SamplerOutput with `N = B * group_size` rows.
   """
   chex.assert_rank([prompt_tokens, prompt_mask], 2)
   chex.assert_equal_shape([prompt_tokens, prompt_mask])
-  num_prompts, prompt_len = prompt_tokens.shape
+  num_prompts = prompt_tokens.shape[0]
   rows = num_prompts * group_size
-  cache_len = prompt_len + max_new_tokens
   chex.assert_shape([sampling_params.temperature, sampling_params.top_p,
                      sampling_params.top_k, sampling_params.max_new_tokens], (rows,))
   chex.assert_rank(sampling_params.eos_ids, 2)
   chex.assert_rank(sampling_params.stop_sequences, 3)
-  batch_axes = ("activation_batch", None)
-  prompt_tokens = model_sharding.constrain(prompt_tokens, batch_axes)
-  prompt_mask = model_sharding.constrain(prompt_mask, batch_axes)
+  run = functools.partial(
+      _generate_rows, model, params, batch_rows=rows, group_size=group_size,
+      max_new_tokens=max_new_tokens, pad_id=pad_id, cache_dtype=cache_dtype,
+      decode_segments=decode_segments)
+  if prompts_per_chunk is None or prompts_per_chunk == num_prompts:
+    state = run(prompt_tokens, prompt_mask, key, sampling_params, None)
+    outputs = (state.tokens.T, state.lengths, state.finish_reasons, state.logprobs.T,
+               state.processed_logprobs.T)
+  else:
+    if not 0 < prompts_per_chunk < num_prompts or num_prompts % prompts_per_chunk:
+      raise ValueError(f"prompts_per_chunk: got {prompts_per_chunk}, expected a divisor of "
+                       f"the {num_prompts} prompts")
+    chunks = num_prompts // prompts_per_chunk
+    row_ids = jnp.arange(rows, dtype=jnp.int32)
 
-  # Prefill writes slots [0, P); slots [P, S) stay invisible until written.
-  key_mask = jnp.concatenate([prompt_mask, jnp.zeros((num_prompts, max_new_tokens), bool)],
-                             axis=1)
-  cache = transformer.init_cache(model.config, num_prompts, cache_len, cache_dtype)
-  last_logits, cache = model.apply(
-      {"params": params}, prompt_tokens, prompt_positions(prompt_mask),
-      transformer.cache_mask(key_mask, jnp.int32(0), prompt_len), cache, jnp.int32(0),
-      method=_prefill)
+    def one_chunk(xs):
+      tokens, mask, params_chunk, ids = xs
+      state = run(tokens, mask, key, params_chunk, ids)
+      return (state.tokens.T, state.lengths, state.finish_reasons, state.logprobs.T,
+              state.processed_logprobs.T)
 
-  # G rollouts share one prefill: repeat the cache rows instead of recomputing.
-  repeat = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
-  if group_size > 1:
-    # Cache leaves are [B, K, S, Dh] per layer, or [L, B, K, S, Dh] when scanned.
-    batch_axis = 1 if model.config.scan_layers else 0
-    cache = jax.tree.map(lambda x: repeat(x, batch_axis), cache)
-    last_logits = repeat(last_logits)
-  prompt_tokens, prompt_mask = repeat(prompt_tokens), repeat(prompt_mask)
-  real_prompt_len = prompt_mask.sum(axis=-1).astype(jnp.int32)
-
-  window_len = sampling_params.stop_sequences.shape[-1]
-  state = _DecodeState(
-      step=jnp.int32(0),
-      last_tokens=jnp.full((rows,), pad_id, jnp.int32),
-      tokens=jnp.full((max_new_tokens, rows), pad_id, jnp.int32),
-      logprobs=jnp.zeros((max_new_tokens, rows), jnp.float32),
-      processed_logprobs=jnp.zeros((max_new_tokens, rows), jnp.float32),
-      done=jnp.zeros((rows,), bool),
-      finish_reasons=jnp.full((rows,), FINISH_LENGTH, jnp.int32),
-      lengths=jnp.zeros((rows,), jnp.int32),
-      window=jnp.full((rows, window_len), _NOT_GENERATED, jnp.int32),
-      cache=cache,
-  )
-  sp = sampling_params
-
-  def choose(state: _DecodeState, logits: jax.Array) -> _DecodeState:
-    step_key = jax.random.fold_in(key, state.step)
-    sampled, logprobs, processed = sampling.sample_tokens(
-        step_key, logits, sp.temperature, sp.top_p, sp.top_k)
-    return _record(state, sampled, logprobs, processed, sp, pad_id)
-
-  generated_slot = jnp.arange(max_new_tokens, dtype=jnp.int32)
-
-  def decode_step(carry):
-    state, logits = carry
-    state = choose(state, logits)
-    fed = state.step - 1  # the token just chosen, written to cache slot P + fed
-    slot = prompt_len + fed
-    written = jnp.concatenate(
-        [prompt_mask, jnp.broadcast_to(generated_slot <= fed, (rows, max_new_tokens))], axis=1)
-    logits, cache = model.apply(
-        {"params": params}, state.last_tokens[:, None], (real_prompt_len + fed)[:, None],
-        transformer.cache_mask(written, slot, 1), state.cache, slot)
-    return state._replace(cache=cache), logits[:, -1].astype(jnp.float32)
-
-  def unfinished(carry) -> jax.Array:
-    state, _ = carry
-    return (state.step < max_new_tokens) & ~jnp.all(state.done)
-
-  state, _ = jax.lax.while_loop(unfinished, decode_step, (state, last_logits))
+    per_chunk = jax.lax.map(one_chunk, (
+        _chunked(prompt_tokens, chunks, 1), _chunked(prompt_mask, chunks, 1),
+        jax.tree.map(lambda x: _chunked(x, chunks, group_size), sampling_params),
+        _chunked(row_ids, chunks, group_size)))
+    outputs = tuple(_unchunked(x, group_size) for x in per_chunk)
+  tokens, lengths, finish_reasons, logprobs, processed_logprobs = outputs
   steps = jnp.arange(max_new_tokens, dtype=jnp.int32)
   return SamplerOutput(
-      prompt_tokens=prompt_tokens,
-      prompt_mask=prompt_mask,
-      tokens=state.tokens.T,
-      completion_mask=steps[None, :] < state.lengths[:, None],
-      lengths=state.lengths,
-      finish_reasons=state.finish_reasons,
-      logprobs=state.logprobs.T,
-      processed_logprobs=state.processed_logprobs.T,
+      prompt_tokens=jnp.repeat(prompt_tokens, group_size, axis=0),
+      prompt_mask=jnp.repeat(prompt_mask, group_size, axis=0),
+      tokens=tokens,
+      completion_mask=steps[None, :] < lengths[:, None],
+      lengths=lengths,
+      finish_reasons=finish_reasons,
+      logprobs=logprobs,
+      processed_logprobs=processed_logprobs,
   )
+
+
+def kv_cache_bytes_per_row(config, cache_len: int, cache_dtype=None,
+                           kv_head_shards: int = 1) -> int:
+  """Bytes one rollout row's KV cache of `cache_len` slots takes on one device.
+
+  `2 (k, v) x layers x kv_heads / kv_head_shards x cache_len x head_dim x itemsize`
+  (the heads split over the tensor axis only when it divides them).
+  """
+  dtype = config.compute_jnp_dtype if cache_dtype is None else cache_dtype
+  kv_heads = config.num_kv_heads
+  if kv_heads % kv_head_shards == 0:
+    kv_heads //= kv_head_shards
+  return (2 * config.num_layers * kv_heads * cache_len * config.head_dim
+          * np.dtype(dtype).itemsize)
+
+
+def prompts_per_chunk(num_prompts: int, group_size: int, max_rows: int,
+                      row_shards: int = 1) -> int:
+  """Prompts per row chunk: the largest divisor C of `num_prompts` with C x G <= max_rows.
+
+  Among those, a C that is a multiple of `row_shards` (the devices a row-sharded
+  batch spreads over) is preferred, so every chunk keeps every device busy.
+
+  Args:
+    num_prompts: prompts B of the call.
+    group_size: rollouts per prompt G.
+    max_rows: the most rows a chunk may hold (at least G).
+    row_shards: devices on the batch axes.
+
+  Returns:
+    C, a divisor of B (B itself when the whole batch fits).
+  """
+  if max_rows < group_size:
+    raise ValueError(f"a row chunk of {max_rows} rows cannot hold one group of {group_size} "
+                     "rollouts; raise config.sampler.chunk_rows to at least group_size")
+  fitting = [c for c in range(1, num_prompts + 1)
+             if num_prompts % c == 0 and c * group_size <= max_rows]
+  sharded = [c for c in fitting if c % row_shards == 0]
+  return max(sharded or fitting)
+
+
+AUTO_CACHE_SHARE = 0.2  # share of the free device memory auto row chunks give their KV cache
+
+
+def auto_chunk_rows(config, cache_len: int, free_bytes: int, *, cache_dtype=None,
+                    row_shards: int = 1, kv_head_shards: int = 1,
+                    cache_share: float = AUTO_CACHE_SHARE) -> int | None:
+  """Rows per chunk whose KV cache takes at most `cache_share` of `free_bytes` per device.
+
+  The rest is for what the compiled sampler holds besides the decode cache:
+  in `launch_check`'s compiled figures of the paper configs (XLA:CPU) that is
+  about 4x the cache (the scanned layers' output copy of the cache, float32
+  copies of bf16 cache blocks for the CPU's dots, one query block's prefill
+  scores, the grown cache between segments), hence a fifth. None when nothing
+  is known about the memory (`free_bytes` <= 0).
+  """
+  if free_bytes <= 0:
+    return None
+  per_row = kv_cache_bytes_per_row(config, cache_len, cache_dtype, kv_head_shards)
+  return max(1, int(cache_share * free_bytes) // per_row) * row_shards
+
+
+def _free_device_bytes(mesh) -> int:
+  """Free memory of the fullest device the sampler runs on, or 0 when the backend says nothing."""
+  devices = mesh.devices.flat if mesh is not None else jax.local_devices()[:1]
+  free = []
+  for device in devices:
+    if device.process_index != jax.process_index():
+      continue
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+      return 0
+    free.append(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+  return min(free) if free else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +507,13 @@ class Sampler:
   over the batch axes ("data", "fsdp") and the params are used where they
   live (the actor's params on the same mesh are not copied).
 
+  Row chunks: when the KV cache of all `B x G` rows would not fit, the batch
+  runs as chunks of at most `chunk_rows` rows, one after the other inside the
+  one program (`generate`'s `prompts_per_chunk`; the tokens are the same).
+  `chunk_rows=0` (auto) sizes chunks so that their KV cache takes at most
+  `AUTO_CACHE_SHARE` of the device memory free at the first call of a shape
+  (accelerators report it; on CPU the batch runs whole).
+
   Example:
     sampler = Sampler(model, max_new_tokens=96, prompt_buckets=(64, 128), pad_id=0)
     rng, key = jax.random.split(rng)
@@ -328,7 +524,8 @@ class Sampler:
   def __init__(self, model: transformer.Transformer, *, max_new_tokens: int,
                prompt_buckets: Sequence[int], pad_id: int, mesh: jax.sharding.Mesh | None = None,
                cache_dtype=None, max_eos_ids: int = 4, max_stop_sequences: int = 4,
-               max_stop_length: int = 16):
+               max_stop_length: int = 16, chunk_rows: int = 0,
+               decode_segments: int = DECODE_SEGMENTS):
     """Builds the engine.
 
     Args:
@@ -341,12 +538,17 @@ class Sampler:
       max_eos_ids: capacity of a row's EOS-id list.
       max_stop_sequences: capacity of a row's stop-sequence list.
       max_stop_length: the longest stop sequence, in tokens.
+      chunk_rows: the most rollout rows generated at once (`config.sampler.chunk_rows`);
+        0 is auto (see the class docstring).
+      decode_segments: decode loops per call (`generate`).
     """
     for name, value in (("max_new_tokens", max_new_tokens), ("max_eos_ids", max_eos_ids),
                         ("max_stop_sequences", max_stop_sequences),
                         ("max_stop_length", max_stop_length)):
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name}: got {value!r}, expected a positive integer")
+    if not isinstance(chunk_rows, int) or chunk_rows < 0:
+      raise ValueError(f"chunk_rows: got {chunk_rows!r}, expected an integer >= 0 (0: auto)")
     if not prompt_buckets or list(prompt_buckets) != sorted(set(prompt_buckets)):
       raise ValueError(f"prompt_buckets: got {prompt_buckets!r}, expected a non-empty "
                        "increasing list of lengths")
@@ -357,10 +559,30 @@ class Sampler:
     self.max_eos_ids = max_eos_ids
     self.max_stop_sequences = max_stop_sequences
     self.max_stop_length = max_stop_length
+    self.chunk_rows = chunk_rows
+    self._model_config = model.config
+    self._cache_dtype = cache_dtype
+    self._chunking: dict[tuple[int, int, int], int] = {}
     self._generate = jax.jit(
         functools.partial(generate, model, max_new_tokens=max_new_tokens, pad_id=self.pad_id,
-                          cache_dtype=cache_dtype),
-        static_argnames=("group_size",))
+                          cache_dtype=cache_dtype, decode_segments=decode_segments),
+        static_argnames=("group_size", "prompts_per_chunk"))
+
+  def prompts_per_chunk(self, num_prompts: int, bucket: int, group_size: int) -> int:
+    """Prompts generated together for a call of this shape (fixed at its first call)."""
+    shape = (num_prompts, bucket, group_size)
+    if shape not in self._chunking:
+      row_shards = kv_shards = 1
+      if self.mesh is not None:
+        row_shards = self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1)
+        kv_shards = self.mesh.shape.get("tensor", 1)
+      max_rows = self.chunk_rows or auto_chunk_rows(
+          self._model_config, bucket + self.max_new_tokens, _free_device_bytes(self.mesh),
+          cache_dtype=self._cache_dtype, row_shards=row_shards, kv_head_shards=kv_shards)
+      rows = num_prompts * group_size
+      self._chunking[shape] = (num_prompts if max_rows is None or max_rows >= rows else
+                               prompts_per_chunk(num_prompts, group_size, max_rows, row_shards))
+    return self._chunking[shape]
 
   def _stop_tables(self, stop: StopCondition | Sequence[StopCondition],
                    num_prompts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -393,7 +615,7 @@ class Sampler:
 
   def _arguments(self, prompts: Sequence[Sequence[int]], key: jax.Array, group_size: int,
                  temperature, top_p, top_k, max_new_tokens, stop) -> tuple:
-    """Validates a call and builds the positional arguments of `generate` after params."""
+    """Validates a call; the positional arguments of `generate` after params, and its statics."""
     num_prompts = len(prompts)
     if num_prompts == 0:
       raise ValueError("prompts: empty; pass at least one prompt")
@@ -419,7 +641,9 @@ class Sampler:
     per_row = lambda x: np.repeat(x, group_size, axis=0)
     sampling_params = SamplingParams(**{k: per_row(v) for k, v in settings.items()},
                                      eos_ids=per_row(eos), stop_sequences=per_row(seqs))
-    return prompt_tokens, prompt_mask, key, sampling_params
+    return (prompt_tokens, prompt_mask, key, sampling_params), dict(
+        group_size=group_size,
+        prompts_per_chunk=self.prompts_per_chunk(num_prompts, bucket, group_size))
 
   def __call__(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,
                group_size: int = 1, temperature=1.0, top_p=1.0, top_k=0,
@@ -442,21 +666,21 @@ class Sampler:
     Returns:
       SamplerOutput with `B * group_size` rows, row r from prompt r // group_size.
     """
-    args = self._arguments(prompts, key, group_size, temperature, top_p, top_k,
-                           max_new_tokens, stop)
+    args, static = self._arguments(prompts, key, group_size, temperature, top_p, top_k,
+                                   max_new_tokens, stop)
     if self.mesh is None:
-      return self._generate(params, *args, group_size=group_size)
+      return self._generate(params, *args, **static)
     with jax.set_mesh(self.mesh):
-      return self._generate(params, *args, group_size=group_size)
+      return self._generate(params, *args, **static)
 
   def lower(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,
             group_size: int = 1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=None,
             stop: StopCondition | Sequence[StopCondition] = StopCondition(),
             ) -> jax.stages.Lowered:
     """The lowered program a call with these arguments runs (for HLO and cost checks)."""
-    args = self._arguments(prompts, key, group_size, temperature, top_p, top_k,
-                           max_new_tokens, stop)
+    args, static = self._arguments(prompts, key, group_size, temperature, top_p, top_k,
+                                   max_new_tokens, stop)
     if self.mesh is None:
-      return self._generate.lower(params, *args, group_size=group_size)
+      return self._generate.lower(params, *args, **static)
     with jax.set_mesh(self.mesh):
-      return self._generate.lower(params, *args, group_size=group_size)
+      return self._generate.lower(params, *args, **static)

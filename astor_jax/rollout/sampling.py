@@ -141,8 +141,9 @@ def _inverse_cdf(uniform: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax
   return (chosen * block + offset).astype(jnp.int32), total
 
 
-def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array,
-                  top_p: jax.Array, top_k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_tokens(key: jax.Array | None, logits: jax.Array, temperature: jax.Array,
+                  top_p: jax.Array, top_k: jax.Array, uniform: jax.Array | None = None,
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Draws one token per row and returns its log-probabilities.
 
   With `l` the raw logits of a row, `m = max l` and `T` its temperature:
@@ -156,11 +157,14 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array,
   was actually drawn with.
 
   Args:
-    key: a PRNG key used once for this step.
+    key: a PRNG key used once for this step (None when `uniform` is given).
     logits: `[rows, vocab]` float logits (computed in float32).
     temperature: `[rows]` float32 >= 0; 0 means greedy.
     top_p: `[rows]` float32 in (0, 1].
     top_k: `[rows]` int32 >= 0; 0 means off.
+    uniform: `[rows]` float32 in [0, 1), the draws to use instead of drawing
+      from `key` (a sampler running a batch in row chunks passes each chunk its
+      rows of one batch-wide draw, so chunking never changes the tokens).
 
   Returns:
     tokens `[rows]` int32, raw log-probs `[rows]` float32, processed log-probs
@@ -179,7 +183,10 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array,
   keep = jax.lax.cond(filtering, top_k_top_p_keep,
                       lambda z, *_: jnp.ones(z.shape, dtype=bool), shifted, top_k, top_p)
   weights = jnp.where(keep, jnp.exp(shifted), 0.0)
-  drawn, total = _inverse_cdf(jax.random.uniform(key, (rows,), jnp.float32), weights)
+  if uniform is None:
+    uniform = jax.random.uniform(key, (rows,), jnp.float32)
+  chex.assert_shape(uniform, (rows,))
+  drawn, total = _inverse_cdf(uniform, weights)
 
   iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
   first_max = jnp.min(jnp.where(logits == row_max, iota, vocab), axis=-1)

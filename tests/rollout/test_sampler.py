@@ -161,7 +161,8 @@ def test_groups_share_one_prefill_and_draw_distinct_rollouts(tiny_model, sampler
       np.full((n, 1, 1), -1, np.int32))
   jax.eval_shape(spec, params, np.zeros((4, 8), np.int32), np.ones((4, 8), bool),
                  jax.random.key(0), tables)
-  assert traced_rows == [(4, 8), (16, 1)]  # prefill on 4 prompts, decode on 16 rows
+  # Prefill on 4 prompts, decode on 16 rows (one trace per decode segment).
+  assert traced_rows == [(4, 8)] + [(16, 1)] * sampler_lib.DECODE_SEGMENTS
 
   out = sampler(params, PROMPTS, jax.random.key(4), group_size=4, temperature=1.0)
   tokens = np.asarray(out.tokens).reshape(len(PROMPTS), 4, MAX_NEW)
@@ -222,3 +223,126 @@ def test_sharded_on_the_training_mesh_matches_one_device(tiny_model, greedy_out)
   for leaf, want, have in zip(jax.tree.leaves(sharded_params), jax.tree.leaves(expected),
                               jax.tree.leaves(got)):
     assert want.is_equivalent_to(have, leaf.ndim)
+
+
+def _generate_fn(model, **kwargs):
+  return jax.jit(functools.partial(sampler_lib.generate, model, max_new_tokens=MAX_NEW,
+                                   pad_id=PAD_ID, **kwargs),
+                 static_argnames=("group_size", "prompts_per_chunk"))
+
+
+def test_segment_ends_cover_the_completion():
+  assert sampler_lib.segment_ends(12, 1) == (12,)
+  assert sampler_lib.segment_ends(12, 3) == (4, 8, 12)
+  assert sampler_lib.segment_ends(12, 5) == (3, 5, 8, 10, 12)
+  assert sampler_lib.segment_ends(128, 4) == (32, 64, 96, 128)
+  assert sampler_lib.segment_ends(2, 4) == (1, 2)
+
+
+@pytest.mark.parametrize("segments", [3, 5])
+def test_segmented_decode_equals_one_segment(tiny_model, sampler, greedy_out, segments):
+  """Segments (a cache that grows at boundaries) change no token, log-prob or stop.
+
+  Row 0 stops by EOS at its 4th token and row 1 by a stop sequence at its 6th:
+  on the boundary of segments 1 and 2 and inside segment 2 for 3 segments (ends 4, 8,
+  12); inside segments 2 and 3 for 5 (ends 3, 5, 8, 10, 12).
+  """
+  model, params = tiny_model
+  row0, row1 = greedy_out.tokens[0], greedy_out.tokens[1]
+  stops = [StopCondition(eos_ids=(int(row0[3]),)),
+           StopCondition(stop_sequences=((int(row1[4]), int(row1[5])),)),
+           StopCondition(), StopCondition()]
+  assert int(row0[3]) not in row0[:3]
+  args, static = sampler._arguments(PROMPTS, jax.random.key(7), 2, [0.0, 0.0, 1.0, 0.7], 1.0,
+                                    0, [MAX_NEW, MAX_NEW, MAX_NEW, 9], stops)
+  whole = _generate_fn(model, decode_segments=1)(params, *args, **static)
+  split = _generate_fn(model, decode_segments=segments)(params, *args, **static)
+  np.testing.assert_array_equal(split.tokens, whole.tokens)
+  np.testing.assert_array_equal(split.lengths, whole.lengths)
+  np.testing.assert_array_equal(split.finish_reasons, whole.finish_reasons)
+  np.testing.assert_allclose(split.logprobs, whole.logprobs, atol=1e-6)
+  np.testing.assert_allclose(split.processed_logprobs, whole.processed_logprobs, atol=1e-6)
+  assert np.asarray(split.lengths)[:4].tolist() == [4, 4, 6, 6]  # greedy rows stopped early
+  np.testing.assert_array_equal(np.asarray(split.tokens)[0], greedy_out.tokens[0][:4].tolist()
+                                + [PAD_ID] * (MAX_NEW - 4))
+
+
+def test_all_rows_finished_ends_every_segment(tiny_model, greedy_out):
+  """With every row stopped in segment 1, later segments run no decode step."""
+  model, params = tiny_model
+  calls = []
+
+  class Counting(Transformer):
+    def hidden_states(self, tokens, *args, **kwargs):
+      jax.debug.callback(lambda: calls.append(1))
+      return super().hidden_states(tokens, *args, **kwargs)
+
+  counting = Counting(TINY)
+  sampler = Sampler(counting, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                    decode_segments=3)
+  out = sampler(params, PROMPTS, jax.random.key(0), temperature=0.0, max_new_tokens=3)
+  np.testing.assert_array_equal(out.tokens, np.where(np.arange(MAX_NEW) < 3, greedy_out.tokens,
+                                                     PAD_ID))
+  assert len(calls) == 1 + 3  # the prefill, then one decode call per generated token
+
+
+@pytest.mark.parametrize("group_size, chunk_rows", [(2, 4), (3, 3)])
+def test_row_chunks_give_the_same_rollouts(tiny_model, sampler, group_size, chunk_rows):
+  model, params = tiny_model
+  chunked = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                    chunk_rows=chunk_rows)
+  kwargs = dict(group_size=group_size, temperature=[1.0, 0.0, 0.8, 1.0], top_p=0.9,
+                stop=StopCondition(eos_ids=(3, 7)))
+  assert chunked.prompts_per_chunk(len(PROMPTS), 8, group_size) == chunk_rows // group_size
+  out = chunked(params, PROMPTS, jax.random.key(11), **kwargs)
+  whole = sampler(params, PROMPTS, jax.random.key(11), **kwargs)
+  for name in ("tokens", "completion_mask", "lengths", "finish_reasons", "prompt_tokens"):
+    np.testing.assert_array_equal(getattr(out, name), getattr(whole, name), err_msg=name)
+  np.testing.assert_allclose(out.logprobs, whole.logprobs, atol=1e-6)
+  np.testing.assert_allclose(out.processed_logprobs, whole.processed_logprobs, atol=1e-6)
+  assert len(set(np.asarray(out.lengths).tolist())) > 1  # some rows stopped early
+
+
+def test_prompts_per_chunk_picks_a_divisor_that_fits():
+  assert sampler_lib.prompts_per_chunk(128, 8, 1024) == 128
+  assert sampler_lib.prompts_per_chunk(128, 8, 512) == 64
+  assert sampler_lib.prompts_per_chunk(128, 8, 100) == 8  # 12 does not divide 128
+  assert sampler_lib.prompts_per_chunk(12, 2, 16, row_shards=4) == 4  # 6 fits, 4 shards
+  assert sampler_lib.prompts_per_chunk(12, 2, 16, row_shards=5) == 6  # no multiple of 5
+  with pytest.raises(ValueError, match="chunk_rows"):
+    sampler_lib.prompts_per_chunk(4, 8, 4)
+  with pytest.raises(ValueError, match="chunk_rows"):
+    Sampler(Transformer(TINY), max_new_tokens=4, prompt_buckets=(8,), pad_id=0, chunk_rows=-1)
+
+
+def test_auto_chunk_rows_budget_a_share_of_the_free_memory():
+  per_row = sampler_lib.kv_cache_bytes_per_row(TINY, 20)
+  assert per_row == 2 * TINY.num_layers * TINY.num_kv_heads * 20 * TINY.head_dim * 4
+  assert sampler_lib.kv_cache_bytes_per_row(TINY, 20, kv_head_shards=2) == per_row // 2
+  assert sampler_lib.auto_chunk_rows(TINY, 20, 10 * per_row, cache_share=0.5) == 5
+  assert sampler_lib.auto_chunk_rows(TINY, 20, 10 * per_row, cache_share=0.5,
+                                     row_shards=4) == 20
+  assert sampler_lib.auto_chunk_rows(TINY, 20, 50 * per_row) == 50 * sampler_lib.AUTO_CACHE_SHARE
+  assert sampler_lib.auto_chunk_rows(TINY, 20, 0) is None  # CPU: nothing known, no chunks
+
+
+def test_sharded_row_chunks_match_one_device(tiny_model, greedy_out):
+  model, params = tiny_model
+  mesh = make_mesh(data=2, fsdp=2, tensor=2)
+  sampler = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                    mesh=mesh, chunk_rows=8)
+  assert sampler.prompts_per_chunk(16, 8, 1) == 8
+  out = sampler(shard_params(params, model, mesh), PROMPTS * 4, jax.random.key(0),
+                temperature=0.0)
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.tile(greedy_out.tokens, (4, 1)))
+
+
+def test_prefill_in_query_blocks_gives_the_same_tokens(tiny_model, greedy_out, monkeypatch):
+  from astor_jax.model import transformer
+
+  model, params = tiny_model
+  monkeypatch.setattr(transformer, "QUERY_BLOCK", 3)  # 8-token prompts: 3 query blocks
+  sampler = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID)
+  out = sampler(params, PROMPTS, jax.random.key(0), temperature=0.0)
+  np.testing.assert_array_equal(out.tokens, greedy_out.tokens)
+  np.testing.assert_allclose(out.logprobs, greedy_out.logprobs, atol=1e-5)
