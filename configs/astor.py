@@ -77,6 +77,10 @@ def get_config(arg=None):
   c.sampler.top_k = 0  # 0: off
   c.sampler.max_new_tokens = 64  # tiny-world answers are at most ~60 tokens
   c.sampler.prompt_buckets = (64, 128, 192, 256)  # left-padded prompt lengths
+  # Rollout rows generated at once; 0 (auto): the whole batch unless its KV cache
+  # would take more than a fifth of the free device memory, then row chunks that
+  # fit (astor_jax/rollout/sampler.py, Sampler). Chunking never changes the tokens.
+  c.sampler.chunk_rows = 0
 
   # ---------------------------------------------------------------- execution
   c.execution = ml_collections.ConfigDict()
