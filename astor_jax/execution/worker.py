@@ -147,9 +147,6 @@ class _Pipes:
     own = [self.stdin] if self.own_stdin else []
     return [self.out_w, self.err_w, self.mark_w, self.status_w, *own]
 
-  def for_program(self) -> list[int]:
-    return [self.out_w, self.err_w, self.mark_w, self.stdin, self.status_w]
-
   def worker_ends(self) -> list[int]:
     return [self.out_r, self.err_r, self.status_r, self.mark_r]
 
@@ -200,7 +197,8 @@ class Worker:
     self.host_pid = os.getpid()
     self.scratch = None
     # Namespaces mode: JOB_UID when the worker's user namespace maps it (root
-    # host); None: each job makes a nested user namespace instead (rootless).
+    # host: jobs take it before making their own user namespace); None
+    # (rootless): jobs keep the worker's uid.
     self.job_uid: int | None = None
     self.tmp_mb = 0  # the size cap /tmp has now
     self.devnull = -1  # stdin of jobs without any
