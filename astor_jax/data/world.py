@@ -10,7 +10,11 @@ Everything is a function of `WorldSpec` (seed, sizes, difficulty levels):
               assertions on the simplest inputs (shortest input and output
               text) that reach full line and branch coverage (checked with
               coverage.py when the world is built), so that a small policy can
-              work their outputs out.
+              work their outputs out. The first of them (the one covering the
+              most lines and branches) is shown in the prompt as an example
+              test (`example_test`, like a docstring example): the answer
+              format is given, and the policy must still work out the other
+              (simplest) one's output for full coverage and mutation kills.
   commit_msg  an edit of the program as a unified diff, with its message.
 
 Splits are disjoint by construction: a program's split is a hash of its code
@@ -46,7 +50,7 @@ _CANDIDATE_CALLS = 12
 _TEST_CANDIDATE_CALLS = 24  # more candidates: more simple inputs to choose from
 # Bumped whenever the generators change what they produce, so cached datasets
 # (TFDS names carry `WorldSpec.fingerprint()`) are rebuilt instead of reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _MAX_DRAWS_PER_EXAMPLE = 400
 
 
@@ -152,12 +156,17 @@ def _test_gen(rng, program, split, index):
   chosen = programs.covering_calls(program, sorted(calls, key=_simplicity), _REFERENCE_TESTS)
   if len(chosen) < 2 or not _full_coverage(program, chosen):
     return None
+  # The prompt's example test comes first: the call covering the most arcs,
+  # ties to the longer text, so that the one left to the policy is the simplest.
+  chosen.sort(key=lambda c: (len(programs.traced_arcs(program, c.args)), _simplicity(c)),
+              reverse=True)
   asserts = [c.assertion() for c in chosen]
   suites = [{"name": f"test_{i}", "code": a, "kind": "script", "module": ""}
             for i, a in enumerate(asserts)]
   return {**_base("test_gen", split, index, program.difficulty), "code": program.code,
           "entry_point": programs.FUNCTION_NAME, "suites": suites,
-          "reference_tests": "\n".join(asserts) + "\n", "modules": ["focal"]}
+          "reference_tests": "\n".join(asserts) + "\n", "example_test": asserts[0],
+          "modules": ["focal"]}
 
 
 def _commit_msg(rng, program, split, index):

@@ -6,6 +6,10 @@ Example fields (besides `task`, `id`, `difficulty`, `source`):
   suites           the benchmark's own tests of the focal code (`harness.Suite`
                    fields); they decide which mutants are detectable at all.
   reference_tests  known-good tests in the answer format (SFT target).
+  example_test     optional: one known-good assertion shown in the prompt (the
+                   tiny world's; its first reference test), as a docstring
+                   example would be. Scoring does not change: the answer's
+                   tests are scored on their own.
   modules          module names the focal code is importable as (default
                    `["focal"]`); the tests also see its names directly.
 
@@ -106,8 +110,11 @@ class TestGenTask(Task):
 
   def build_prompt(self, example: Example) -> str:
     fn = example.get("entry_point") or "the code"
-    return (f"Write tests for {fn} with assert statements, in a ```python block.\n"
-            f"```python\n{example['code'].rstrip()}\n```\n")
+    prompt = (f"Write tests for {fn} with assert statements, in a ```python block.\n"
+              f"```python\n{example['code'].rstrip()}\n```\n")
+    if example.get("example_test"):
+      prompt += f"Example test: {example['example_test'].strip()}\n"
+    return prompt
 
   def reference_completion(self, example: Example) -> str:
     return f"```python\n{example['reference_tests'].rstrip()}\n```"

@@ -83,9 +83,45 @@ def test_test_gen_reference_is_two_simple_assertions(generated):
     assert len(lines) == 2 and all(line.startswith("assert f(") for line in lines)
     assert [s["code"] for s in e["suites"]] == lines
     assert all(len(line) <= 48 for line in lines), lines
-  first_args = [e["reference_tests"].split(")")[0] for e in generated["test_gen", "train"]]
-  # Empty or zero inputs come first where they cover something.
-  assert sum(a.endswith(("f(0", "f([]", "f(''")) for a in first_args) >= len(first_args) // 2
+  last_args = [e["reference_tests"].splitlines()[1].split(")")[0]
+               for e in generated["test_gen", "train"]]
+  # The assertion left to the policy (the second) is on an empty or zero input
+  # where one covers something.
+  assert sum(a.endswith(("f(0", "f([]", "f(''")) for a in last_args) >= len(last_args) // 2
+
+
+def test_test_gen_example_test_is_the_first_reference_assertion(generated):
+  for e in generated["test_gen", "train"] + generated["test_gen", "test"]:
+    first, second = e["reference_tests"].splitlines()
+    assert e["example_test"] == first
+    # The example covers at least as many lines and branches as the other one.
+    assert _arcs(e["code"], first) >= _arcs(e["code"], second)
+
+
+def _arcs(code, assertion):
+  import sys
+  ns = {}
+  exec(code, ns)  # our own generated program
+  fn = ns["f"]
+  arcs, last = set(), [0]
+
+  def tracer(frame, event, arg):
+    if frame.f_code is not fn.__code__:
+      return None
+    if event == "line":
+      arcs.add((last[0], frame.f_lineno))
+      last[0] = frame.f_lineno
+    elif event == "return":
+      arcs.add((last[0], -1))
+    return tracer
+
+  call = assertion[len("assert "):].split(" == ")[0]
+  sys.settrace(tracer)
+  try:
+    eval(call, ns)
+  finally:
+    sys.settrace(None)
+  return len(arcs)
 
 
 def test_fingerprint_names_the_generator_version():

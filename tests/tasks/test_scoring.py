@@ -213,3 +213,27 @@ def test_make_tasks_follows_the_config():
   assert made["code_gen"].partial_credit and made["code_gen"].run_timeout_s == 1.5
   assert made["code_gen"].limits.memory_mb == config.execution.memory_mb
   assert made["commit_msg"].weights == (0.0, 1.0, 0.0)
+
+
+def test_test_gen_prompt_shows_the_example_test_and_copying_it_is_not_enough(
+    pool, tasks, tiny_examples):
+  task = tasks["test_gen"]
+  for e in tiny_examples["test_gen"]:
+    prompt = task.build_prompt(e)
+    assert prompt.endswith(f"Example test: {e['example_test']}\n")
+    assert e["code"].rstrip() in prompt
+    without = {k: v for k, v in e.items() if k != "example_test"}
+    assert "Example test" not in task.build_prompt(without)  # real-data examples
+  # A branching program: the example alone passes but misses a branch, so it
+  # earns less than the reference; a wrong second assertion earns nothing.
+  example = next(e for e in tiny_examples["test_gen"] if e["difficulty"] in (2, 4))
+  second = example["reference_tests"].splitlines()[1]
+  copy_only = f"```python\n{example['example_test']}\n```"
+  wrong_second = (f"```python\n{example['example_test']}\n"
+                  f"{second.split(' == ')[0]} == 'not the output'\n```")
+  copy, reference, wrong = task.score(
+      [example] * 3, [copy_only, task.reference_completion(example), wrong_second], pool)
+  assert reference.value == 1.0
+  assert copy.breakdown["run"] == 1.0 and copy.breakdown["branch_coverage"] < 1.0
+  assert 0.0 < copy.value < reference.value
+  assert wrong.value == 0.0
