@@ -204,7 +204,8 @@ class SFTResult:
 
 
 def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return config.sft.cache_dir or os.path.join(workdir, DIR_NAME)
+  """The warm start's directory, absolute (orbax refuses relative checkpoint paths)."""
+  return os.path.abspath(config.sft.cache_dir or os.path.join(workdir, DIR_NAME))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, model: Any, params: Any,

@@ -135,3 +135,14 @@ def test_run_trains_resumes_and_caches(tokenizer, tmp_path):
   assert resumed.done and not resumed.skipped
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cache_dir_is_absolute(tmp_path, monkeypatch):
+  # orbax refuses relative checkpoint paths (an async save failed at SFT step
+  # 100 with --config.sft.cache_dir=runs/x); the directory is made absolute.
+  monkeypatch.chdir(tmp_path)
+  c = _config()
+  c.sft.cache_dir = "runs/shared_sft"
+  assert sft.cache_dir(c, "w") == str(tmp_path / "runs" / "shared_sft")
+  c.sft.cache_dir = ""
+  assert sft.cache_dir(c, "w") == str(tmp_path / "w" / sft.DIR_NAME)
