@@ -17,7 +17,10 @@ One RL step (`RLPhase.step`):
   6. train         once the rewards are in, the jitted train step updates the
                    policy and the UtilityState (budgets, beta_k, synergy, ...).
 
-Each phase's wall time is logged as `time/<phase>`.
+Each phase's wall time is logged as `time/<phase>`. Before the first step of
+a run (or of a resumed run), `RLPhase.precompile` compiles the sampler, the
+log-prob pass and the train step for the first plan's shapes in three
+threads at once (`time/precompile` of that step's record).
 
 Randomness: every random number comes from keys derived from `config.seed`
 and the step (`fold_in`) or from the checkpointed states (TrainState.rng,

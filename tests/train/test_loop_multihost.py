@@ -1,23 +1,31 @@
-"""The training loop across two processes (jax.distributed on localhost) equals one process.
+"""The training loop across two processes (jax.distributed on localhost) against one process.
 
-Two processes with 2 CPU devices each form one 4-device mesh; a single
-process with 4 devices runs the same tiny job (SFT + RL, `tiny_config`) as
-the reference. The two-process run is preempted: SIGTERM reaches process 1
-only, after RL step 1; both processes must agree to stop, save the same
-checkpoint (multi-host orbax) and return; relaunched, both restore it and
-train to the end. Asserted:
+Two processes with 2 CPU devices each form one 4-device mesh and run the
+tiny job (SFT, RL, eval; `tiny_config`). SIGTERM reaches process 1 only, after RL
+step 1: both processes must agree to stop, save the same checkpoint
+(multi-host orbax) and return. Relaunched, both restore it and train to the
+end; a single process with 4 devices runs the same job from the same data
+and SFT warm start as the reference. Asserted:
 
-- both launches finish (no process hangs in a collective), the first with
-  the stop reason and signal on both processes;
+- every launch finishes (no process hangs in a collective); the first stops
+  after step 1 on both processes, with reason SIGTERM and signal 15 on both;
 - only process 0 wrote: one metrics record per step, one TensorBoard events
-  file per phase, the plots and results; process 1 printed no log lines;
-- the RL metrics and the final checkpointed state (params, optimizer state,
-  UtilityState, rng, step) equal the one-process run's, bit for bit: both
-  runs execute the same partitioned programs on the same 4-device mesh, and
-  every reduction of the step reduces over the same devices in the same
-  order (the processes only split who feeds and reads which rows).
+  file per phase and launch, the plots and results; process 1 printed no log
+  lines; both processes return the evaluation table, equal to the one
+  process's (greedy decoding);
+- against one process: the sampled and scheduled scalars (rewards, budgets,
+  completion lengths, zero-reward counts, skips) are equal; losses, KL,
+  entropies, gradient norms and the final checkpointed state (params,
+  optimizer state, UtilityState, rng, step) agree to rtol 1e-4 (state 1e-3,
+  atol 1e-5). Not bitwise: XLA's cross-process all-reduce (gloo) adds the
+  devices' partial sums in another order than the in-process one, so
+  gradients and everything after them differ in the last bits (a three-step
+  data-parallel SGD on 2 x 2 and 1 x 4 CPU devices already does). The
+  policy's rewards are all 0 at this size, so the job trains with an entropy
+  bonus: with a zero gradient, Adam would turn last-bit noise into full-size
+  updates and the comparison would measure nothing.
 
-One test function, so `pytest -n` runs the three jobs on one worker.
+One test function, so `pytest -n` runs the five processes on one worker.
 """
 
 import json
@@ -30,9 +38,12 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from astor_jax.train import loop, observe
 from tests.train import test_loop
+
+pytestmark = pytest.mark.slow  # about 3 CPU-minutes; still part of `make test`
 
 REPO = test_loop.REPO
 STEPS = 2
@@ -54,6 +65,8 @@ _JOB = textwrap.dedent("""
     # A real gradient at every step (the tiny policy's rewards are all 0, and
     # Adam would blow last-bit noise in a zero gradient up to full-size steps).
     config.rl.entropy_coef = 0.01
+    config.phases = ("sft", "rl", "eval")
+    config.eval.sft_baseline = False
     if preempt_after and jax.process_index() == jax.process_count() - 1:
       real_step = loop.RLPhase.run_step
 
@@ -67,7 +80,8 @@ _JOB = textwrap.dedent("""
     outcome = loop.train(config, workdir)
     print("OUTCOME", json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
                                  "finished": outcome.finished, "reason": outcome.stop_reason,
-                                 "signal": outcome.signal, "rl_step": outcome.rl_step}),
+                                 "signal": outcome.signal, "rl_step": outcome.rl_step,
+                                 "results": outcome.results}),
           flush=True)
 """)
 
@@ -180,7 +194,7 @@ def test_two_processes_match_one_process(tmp_path):
   # The SIGTERM reached process 1 only; both stopped after the same step.
   for pid, (_, _, outcome) in enumerate(first_results):
     assert outcome == {"process": pid, "devices": 4, "finished": False, "reason": "SIGTERM",
-                       "signal": 15, "rl_step": PREEMPT_AFTER}
+                       "signal": 15, "rl_step": PREEMPT_AFTER, "results": None}
   assert [r["step"] for r in test_loop._rl_records(multi_dir)] == [PREEMPT_AFTER]
 
   # Resumed on two processes, and the reference on one process with 4 devices
@@ -189,23 +203,30 @@ def test_two_processes_match_one_process(tmp_path):
   reference = _launch(shared, ref_dir, processes=1, devices_per_process=4)
   second_results = _wait(second, log_prefix=f"{multi_dir}.second")
   (_, _, ref_outcome), = _wait(reference, log_prefix=f"{ref_dir}.run")
+  ref_results = ref_outcome.pop("results")
   assert ref_outcome == {"process": 0, "devices": 4, "finished": True, "reason": "",
                          "signal": 0, "rl_step": STEPS}
   for pid, (_, _, outcome) in enumerate(second_results):
+    results = outcome.pop("results")
     assert outcome == {"process": pid, "devices": 4, "finished": True, "reason": "",
                        "signal": 0, "rl_step": STEPS}
+    # Evaluation: every process has the table; it is the one process's (greedy decoding).
+    assert list(results) == ["astor"]
+    np.testing.assert_equal(results, ref_results)
 
   # Only process 0 wrote the run's files and printed its log lines.
   records = observe.read_metrics(os.path.join(multi_dir, observe.METRICS_FILE))
   sft_steps = [r["step"] for r in records if r["phase"] == "sft"]
   assert sft_steps == sorted(set(sft_steps)) and sft_steps
   assert [r["step"] for r in records if r["phase"] == "rl"] == list(range(1, STEPS + 1))
-  for phase in ("sft", "rl"):
+  assert [r["step"] for r in records if r["phase"] == "eval"] == [STEPS]
+  for phase, launches in (("sft", 1), ("rl", 2), ("eval", 1)):
     events = os.listdir(os.path.join(multi_dir, observe.TENSORBOARD_DIR, phase))
-    # One writer per launch that wrote the phase: SFT once, RL before and after the stop.
-    assert len(events) == (1 if phase == "sft" else 2), events
+    # One events file per launch that wrote the phase (RL: before and after the stop).
+    assert len(events) == launches, (phase, events)
   assert os.listdir(os.path.join(multi_dir, "plots"))
-  assert os.path.exists(os.path.join(multi_dir, "results", loop.REASONS_FILE))
+  for name in (loop.REASONS_FILE, "eval.json", "results.md", "results.csv"):
+    assert os.path.exists(os.path.join(multi_dir, "results", name)), name
   for results in (first_results, second_results):
     assert "astor_jax:" in results[0][1]
     assert "astor_jax:" not in results[1][1], results[1][1][-2000:]
