@@ -18,9 +18,9 @@ or, for the train step, when the new parameters are ready):
   ref       reference log-probs (`make_logprob_fn`) dispatched, the reward
             computed on the host meanwhile, then waited for;
   train     the jitted ASTOR train step (`make_train_step`) configured as plain
-            GRPO: one task, the fixed calibrator (beta stays 0.04), one
-            minibatch, task-gradient synergy only at step 1 (where the step
-            always computes it; with one task it is wasted work).
+            GRPO: one task (so the step has no task-gradient synergy
+            branch), the fixed calibrator (beta stays 0.04), one minibatch,
+            no entropy bonus (the entropy is a forward-only metric).
 
 As in the peers (`num_iterations = 1`), no separate old-policy forward runs:
 the behaviour log-probs of the ratio are the sampler's raw-policy log-probs of
@@ -69,8 +69,8 @@ def grpo_config(*, prompts: int, group_size: int, new_tokens: int, prompt_len: i
                 beta: float = 0.04, learning_rate: float = 1e-4):
   """The job config of the peers' plain GRPO: one task, fixed beta, one AdamW step per batch.
 
-  Synergy (per-task gradient cosines) is pushed out of the steady steps: with
-  one task it measures nothing, and the peers do not compute it.
+  Synergy (per-task gradient cosines) needs two tasks: with one the step
+  leaves it out (`astor_jax/train/step.py`), as the peers do not compute it.
 
   Weight decay is optax.adamw's default (1e-4, what Tunix runs); gradients are
   clipped at global norm 1 (TRL's default `max_grad_norm`).
@@ -81,8 +81,8 @@ def grpo_config(*, prompts: int, group_size: int, new_tokens: int, prompt_len: i
   c.astor.schedule = "uniform"
   c.astor.calibrate = False
   c.astor.init_beta = beta
-  # One task has no cross-task synergy; the step still computes it when
-  # utility step % interval == 0, so only step 1 pays for it (one extra pullback).
+  # One task has no cross-task synergy: the step is built without it (the
+  # interval is pushed past the run all the same).
   c.astor.synergy_interval = 1_000_000
   c.rl.batch_prompts = prompts
   c.rl.group_size = group_size
