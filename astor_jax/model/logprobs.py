@@ -22,11 +22,17 @@ from astor_jax.model.transformer import Transformer, causal_mask, head_logits
 Array = jax.Array
 
 
-def _chunk_stats(head: Array, hidden: Array, targets: Array) -> tuple[Array, Array]:
-  """(log p(target), entropy), each [B, C] float32, from hidden [B, C, D], head [D, V]."""
-  logits = head_logits(hidden, head)
+def _chunk_stats(head: Array, vocab_major: bool, hidden: Array,
+                 targets: Array) -> tuple[Array, Array]:
+  """(log p(target), entropy), each [B, C] float32, from hidden [B, C, D] and the head
+  ([D, V], or [V, D] when `vocab_major`)."""
+  logits = head_logits(hidden, head, vocab_major)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  # The target's logit by a one-hot select rather than a gather: the gather's
+  # pullback is a scatter into [B, C, V], which XLA:CPU runs as a serial loop,
+  # where the select's is one elementwise fusion.
+  vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  target_logit = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
   probs = jnp.exp(logits - log_z[..., None])
   entropy = log_z - jnp.sum(probs * logits, axis=-1)
   return target_logit - log_z, entropy
@@ -62,7 +68,7 @@ def token_logprobs(model: Transformer, params: Any, tokens: Array, positions: Ar
                           method=Transformer.hidden_states)
   # The head is read (and cast) once, outside the chunk loop: inside it, the
   # rematerialized body would keep a copy per chunk for the backward pass.
-  head = model.apply({"params": params}, method=Transformer.head_weight)
+  head, vocab_major = model.apply({"params": params}, method=Transformer.head_as_stored)
   head = head.astype(model.config.compute_jnp_dtype)
   hidden, targets = hidden[:, :-1], tokens[:, 1:]
   n = t - 1
@@ -70,7 +76,7 @@ def token_logprobs(model: Transformer, params: Any, tokens: Array, positions: Ar
     zeros = jnp.zeros((b, t), jnp.float32)
     return zeros, zeros
   if chunk_size == 0 or chunk_size >= n:
-    logprobs, entropy = _chunk_stats(head, hidden, targets)
+    logprobs, entropy = _chunk_stats(head, vocab_major, hidden, targets)
   else:
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n
@@ -81,7 +87,7 @@ def token_logprobs(model: Transformer, params: Any, tokens: Array, positions: Ar
 
     @jax.checkpoint
     def body(carry, xs):
-      return carry, _chunk_stats(head, *xs)
+      return carry, _chunk_stats(head, vocab_major, *xs)
 
     _, (logprobs, entropy) = jax.lax.scan(body, None, (hidden, targets))
     logprobs = logprobs.swapaxes(0, 1).reshape(b, -1)[:, :n]

@@ -249,17 +249,19 @@ class Attention(nn.Module):
 
   config: ModelConfig
 
-  def _proj(self, name, shape, axes, x, spec, bias):
+  def _proj(self, name, shape, axes, rows, bias):
+    """rows [B * T, D] @ kernel [D, N, Dh] -> [B * T, N, Dh] (one plain matmul, see MLP)."""
     cfg = self.config
     w = self.param(name + "_kernel", nn.with_logical_partitioning(_normal(cfg), axes), shape,
                    cfg.param_jnp_dtype)
-    y = jnp.einsum(spec, x, w.astype(cfg.compute_jnp_dtype))
+    d, n, dh = shape
+    y = rows @ w.astype(cfg.compute_jnp_dtype).reshape(d, n * dh)
     if bias:
       b = self.param(name + "_bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                   axes[1:]),
                      shape[1:], cfg.param_jnp_dtype)
-      y = y + b.astype(cfg.compute_jnp_dtype)
-    return y
+      y = y + b.astype(cfg.compute_jnp_dtype).reshape(n * dh)
+    return y.reshape(rows.shape[0], n, dh)
 
   @nn.compact
   def __call__(self, x: Array, sin: Array, cos: Array, mask: Array, layer_cache,
@@ -268,12 +270,15 @@ class Attention(nn.Module):
     dtype = cfg.compute_jnp_dtype
     b, t, d = x.shape
     h, k, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = self._proj("q_proj", (d, h, dh), ("embed", "q_heads", "head_dim"), x,
-                   "btd,dhk->bthk", cfg.attention_bias)
-    key = self._proj("k_proj", (d, k, dh), ("embed", "kv_heads", "head_dim"), x,
-                     "btd,dhk->bthk", cfg.attention_bias)
-    value = self._proj("v_proj", (d, k, dh), ("embed", "kv_heads", "head_dim"), x,
-                       "btd,dhk->bthk", cfg.attention_bias).transpose(0, 2, 1, 3)
+    # Projections on [B * T, D] rows, as in the MLP: with "btd,dhk->bthk" the
+    # weight gradients contract (b, t) and XLA:CPU transposes activations.
+    rows = x.reshape(b * t, d)
+    q = self._proj("q_proj", (d, h, dh), ("embed", "q_heads", "head_dim"), rows,
+                   cfg.attention_bias).reshape(b, t, h, dh)
+    key = self._proj("k_proj", (d, k, dh), ("embed", "kv_heads", "head_dim"), rows,
+                     cfg.attention_bias).reshape(b, t, k, dh)
+    value = self._proj("v_proj", (d, k, dh), ("embed", "kv_heads", "head_dim"), rows,
+                       cfg.attention_bias).reshape(b, t, k, dh).transpose(0, 2, 1, 3)
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, dtype, cfg.param_jnp_dtype, "head_dim", name="q_norm")(q)
       key = RMSNorm(cfg.rms_norm_eps, dtype, cfg.param_jnp_dtype, "head_dim",
@@ -296,7 +301,7 @@ class Attention(nn.Module):
     w_o = self.param("o_proj_kernel",
                      nn.with_logical_partitioning(_normal(cfg), ("q_heads", "head_dim", "embed")),
                      (h, dh, d), cfg.param_jnp_dtype)
-    y = jnp.einsum("bthk,hkd->btd", out, w_o.astype(dtype))
+    y = (out.reshape(b * t, h * dh) @ w_o.astype(dtype).reshape(h * dh, d)).reshape(b, t, d)
     if cfg.attention_out_bias:
       y = y + self.param("o_proj_bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                      ("embed",)),
@@ -362,18 +367,55 @@ class DecoderLayer(nn.Module):
     return x, layer_cache
 
 
-def head_logits(hidden: Array, head: Array) -> Array:
+def head_logits(hidden: Array, head: Array, vocab_major: bool = False) -> Array:
   """logits = hidden @ head in the head's dtype, accumulated and returned in float32.
 
   Args:
     hidden: [..., D].
-    head: [D, V] (already in the compute dtype).
+    head: [D, V], or [V, D] with `vocab_major` (a tied embedding as stored),
+      already in the compute dtype.
+    vocab_major: the head is [V, D].
 
   Returns:
     [..., V] float32.
   """
+  if vocab_major:
+    return _vocab_major_logits(hidden.astype(head.dtype), head)
   return jnp.einsum("...d,dv->...v", hidden.astype(head.dtype), head,
                     preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _vocab_major_logits(hidden: Array, head: Array) -> Array:
+  """hidden [..., D] @ head [V, D]^T -> [..., V] float32 (see `_vocab_major_logits_bwd`)."""
+  return jnp.einsum("...d,vd->...v", hidden, head, preferred_element_type=jnp.float32)
+
+
+def _vocab_major_logits_fwd(hidden, head):
+  return _vocab_major_logits(hidden, head), (hidden, head)
+
+
+def _vocab_major_logits_bwd(residuals, d_logits):
+  """Pullback with the head's gradient taken as (hidden^T @ d_logits)^T.
+
+  Differentiated as written, XLA:CPU computes d_head = d_logits^T @ hidden and
+  for that writes the whole [N, V] logit gradient a second time, transposed
+  (the fused softmax pullback recomputed in a column-major copy: the step's
+  most expensive op on the bench workloads). Transposing the [N, D] hidden
+  states and the [D, V] product instead moves D / V as much; the barrier keeps
+  XLA from folding the transposes back into the dot.
+  """
+  hidden, head = residuals
+  d_hidden = jnp.einsum("...v,vd->...d", d_logits, head,
+                        preferred_element_type=jnp.float32).astype(hidden.dtype)
+  rows = hidden.reshape(-1, hidden.shape[-1])
+  d_head_t = jnp.einsum("nd,nv->dv", rows, d_logits.reshape(-1, d_logits.shape[-1]),
+                        preferred_element_type=jnp.float32)
+  d_head = jax.lax.optimization_barrier(d_head_t).T.astype(head.dtype)
+  return d_hidden, d_head
+
+
+_vocab_major_logits.defvjp(_vocab_major_logits_fwd, _vocab_major_logits_bwd)
 
 
 _REMAT_POLICIES = {
@@ -470,9 +512,21 @@ class Transformer(nn.Module):
       return self.embed_tokens.T
     return self.lm_head
 
+  def head_as_stored(self) -> tuple[Array, bool]:
+    """(LM head in the parameter dtype, vocab_major): the tied embedding as [V, D], else [D, V].
+
+    Contracting the embedding as stored (`head_logits(..., vocab_major=True)`)
+    spares XLA:CPU a transposed copy of the embedding, and of the [N, V]
+    logit gradients in the backward pass, that `head_weight().T` costs.
+    """
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens, True
+    return self.lm_head, False
+
   def logits_from_hidden(self, hidden: Array) -> Array:
     """Logits [..., V] float32 from hidden states [..., D]."""
-    logits = head_logits(hidden, self.head_weight().astype(self.config.compute_jnp_dtype))
+    head, vocab_major = self.head_as_stored()
+    logits = head_logits(hidden, head.astype(self.config.compute_jnp_dtype), vocab_major)
     if logits.ndim == 3:
       logits = sharding.constrain(
           logits, ("activation_batch", "activation_length", "activation_vocab"))
