@@ -72,13 +72,14 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- sampler
   c.sampler = ml_collections.ConfigDict()
-  # Rollout temperature, the same for every method (shared setting, not ASTOR
-  # tuning). 0.7, not 1.0: on the warm start's training prompts (32 per task,
-  # G = 4) T = 1 halves the reward of code generation (0.09 vs 0.17 at 0.7, 0.25
-  # greedy) and test generation (0.09 vs 0.21), with more syntax errors, and
-  # fewer of their groups have reward variance (25% and 31% vs 38% and 47%);
-  # code I/O changes little, commit messages 0.35 vs 0.42 (measured with
-  # astor_jax/train/sft_probe.py; docs/reproduce.md, "Tiny-world learnability"). The loss's log-probs, ratios and KL are those of the T = 1
+  # Rollout temperature, the same for every method (a shared setting, not ASTOR
+  # tuning). 0.7, not 1.0: on the warm start's first 32 training prompts per
+  # task (G = 4), T = 1 gives code generation reward 0.05 (0.17 at 0.7, 0.25
+  # greedy) and test generation 0.12 (0.19 at 0.7), with syntax errors in 53 and
+  # 29 of 128 samples (5 and 1 at 0.7), and fewer groups with reward variance
+  # (19% and 31% vs 38% and 50%); code I/O 0.16 vs 0.18, commit messages 0.30 vs
+  # 0.46 (python -m astor_jax.train.sft_probe; docs/reproduce.md, "Tiny-world
+  # learnability"). The loss's log-probs, ratios and KL are those of the T = 1
   # policy (the temperature does not enter the loss): a small mismatch with the
   # sampling distribution, accepted for the signal.
   c.sampler.temperature = 0.7
