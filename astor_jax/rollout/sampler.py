@@ -220,7 +220,8 @@ def _grow_cache(cache: transformer.Cache, group_size: int, new_slots: int,
 
 def _generate_rows(model, params, prompt_tokens, prompt_mask, key, sp: SamplingParams,
                    row_ids, *, batch_rows: int, group_size: int, max_new_tokens: int,
-                   pad_id: int, cache_dtype, decode_segments: int) -> _DecodeState:
+                   pad_id: int, cache_dtype, decode_segments: int, any_sampled: bool,
+                   any_filtered: bool) -> _DecodeState:
   """Prefill and decode of one set of prompts (the whole batch or one row chunk).
 
   `row_ids` `[rows]` are the rows' indices in the batch (None: all rows): step
@@ -262,12 +263,16 @@ def _generate_rows(model, params, prompt_tokens, prompt_mask, key, sp: SamplingP
   )
 
   def choose(state: _DecodeState, logits: jax.Array) -> _DecodeState:
-    uniform = jax.random.uniform(jax.random.fold_in(key, state.step), (batch_rows,),
-                                 jnp.float32)
-    if row_ids is not None:
-      uniform = uniform[row_ids]
+    uniform = None
+    if any_sampled:
+      uniform = jax.random.uniform(jax.random.fold_in(key, state.step), (batch_rows,),
+                                   jnp.float32)
+      if row_ids is not None:
+        uniform = uniform[row_ids]
     sampled, logprobs, processed = sampling.sample_tokens(
-        None, logits, sp.temperature, sp.top_p, sp.top_k, uniform=uniform)
+        None, logits, sp.temperature, sp.top_p, sp.top_k,
+        uniform=uniform if any_sampled else jnp.zeros((logits.shape[0],), jnp.float32),
+        any_sampled=any_sampled, any_filtered=any_filtered)
     return _record(state, sampled, logprobs, processed, sp, pad_id)
 
   def decode_step(carry, generated_span: int):
@@ -321,7 +326,8 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
              prompt_mask: jax.Array, key: jax.Array, sampling_params: SamplingParams, *,
              group_size: int, max_new_tokens: int, pad_id: int, cache_dtype=None,
              decode_segments: int = DECODE_SEGMENTS,
-             prompts_per_chunk: int | None = None) -> SamplerOutput:
+             prompts_per_chunk: int | None = None, any_sampled: bool = True,
+             any_filtered: bool = True) -> SamplerOutput:
   """Samples `group_size` completions per prompt (pure; jit with the static args).
 
   Args:
@@ -338,6 +344,10 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
     decode_segments: decode loops n (static): loop j generates tokens up to
       `e_j = ceil(j M / n)` attending to P + e_j slots; 1 attends to all P + M
       slots at every step. Each loop is compiled separately.
+    any_sampled, any_filtered: static promises that some row samples (else
+      all are greedy) and that some sampled row filters by top-p / top-k;
+      False leaves that code out of the program (`sampling.sample_tokens`).
+      `Sampler` sets them from the call's settings.
     prompts_per_chunk: prompts whose rollouts are generated together (static;
       None or B: all at once). With C < B the batch runs as B / C chunks one
       after the other (`lax.map`), each with a KV cache of C * G rows; chunk c
@@ -357,7 +367,7 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
   run = functools.partial(
       _generate_rows, model, params, batch_rows=rows, group_size=group_size,
       max_new_tokens=max_new_tokens, pad_id=pad_id, cache_dtype=cache_dtype,
-      decode_segments=decode_segments)
+      decode_segments=decode_segments, any_sampled=any_sampled, any_filtered=any_filtered)
   if prompts_per_chunk is None or prompts_per_chunk == num_prompts:
     state = run(prompt_tokens, prompt_mask, key, sampling_params, None)
     outputs = (state.tokens.T, state.lengths, state.finish_reasons, state.logprobs.T,
@@ -566,7 +576,7 @@ class Sampler:
     self._generate = jax.jit(
         functools.partial(generate, model, max_new_tokens=max_new_tokens, pad_id=self.pad_id,
                           cache_dtype=cache_dtype, decode_segments=decode_segments),
-        static_argnames=("group_size", "prompts_per_chunk"))
+        static_argnames=("group_size", "prompts_per_chunk", "any_sampled", "any_filtered"))
 
   def prompts_per_chunk(self, num_prompts: int, bucket: int, group_size: int) -> int:
     """Prompts generated together for a call of this shape (fixed at its first call)."""
@@ -641,8 +651,15 @@ class Sampler:
     per_row = lambda x: np.repeat(x, group_size, axis=0)
     sampling_params = SamplingParams(**{k: per_row(v) for k, v in settings.items()},
                                      eos_ids=per_row(eos), stop_sequences=per_row(seqs))
+    # Code the settings cannot use stays out of the program (`generate`): at
+    # most three programs per shape (greedy, sampled, sampled with filters).
+    sampled = settings["temperature"] > 0
+    vocab = self._model_config.vocab_size
+    filtered = sampled & ((settings["top_p"] < 1)
+                          | ((settings["top_k"] > 0) & (settings["top_k"] < vocab)))
     return (prompt_tokens, prompt_mask, key, sampling_params), dict(
-        group_size=group_size,
+        group_size=group_size, any_sampled=bool(sampled.any()),
+        any_filtered=bool(filtered.any()),
         prompts_per_chunk=self.prompts_per_chunk(num_prompts, bucket, group_size))
 
   def __call__(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,

@@ -142,7 +142,8 @@ def _inverse_cdf(uniform: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax
 
 
 def sample_tokens(key: jax.Array | None, logits: jax.Array, temperature: jax.Array,
-                  top_p: jax.Array, top_k: jax.Array, uniform: jax.Array | None = None,
+                  top_p: jax.Array, top_k: jax.Array, uniform: jax.Array | None = None, *,
+                  any_sampled: bool = True, any_filtered: bool = True,
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Draws one token per row and returns its log-probabilities.
 
@@ -165,6 +166,13 @@ def sample_tokens(key: jax.Array | None, logits: jax.Array, temperature: jax.Arr
     uniform: `[rows]` float32 in [0, 1), the draws to use instead of drawing
       from `key` (a sampler running a batch in row chunks passes each chunk its
       rows of one batch-wide draw, so chunking never changes the tokens).
+    any_sampled: static; False promises that every row is greedy (temperature
+      0), and the program then has no draw at all.
+    any_filtered: static; False promises that no sampled row filters (top_p
+      1, top_k 0 or >= vocab), and the program then has no cut-off search.
+      Both only leave out code whose result the promise makes unused (a
+      smaller program to compile, and less work per decode step); the
+      results are the same.
 
   Returns:
     tokens `[rows]` int32, raw log-probs `[rows]` float32, processed log-probs
@@ -178,20 +186,25 @@ def sample_tokens(key: jax.Array | None, logits: jax.Array, temperature: jax.Arr
   inverse_temperature = 1.0 / jnp.where(greedy, 1.0, temperature)
   row_max = logits.max(axis=-1, keepdims=True)
   shifted = (logits - row_max) * inverse_temperature[:, None]  # scaled logits minus their max
-  filtering = jnp.any(~greedy & ((top_p < 1.0) | ((top_k > 0) & (top_k < vocab))))
-  # The cut-off search only runs when some row asks for it (a real branch on CPU).
-  keep = jax.lax.cond(filtering, top_k_top_p_keep,
-                      lambda z, *_: jnp.ones(z.shape, dtype=bool), shifted, top_k, top_p)
-  weights = jnp.where(keep, jnp.exp(shifted), 0.0)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+  first_max = jnp.min(jnp.where(logits == row_max, iota, vocab), axis=-1)
+  raw_lse = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1))
+  picked = lambda x, tokens: jnp.sum(jnp.where(iota == tokens[:, None], x, 0.0), axis=-1)
+  if not any_sampled:
+    return first_max, picked(logits - row_max, first_max) - raw_lse, jnp.zeros((rows,))
+  weights = jnp.exp(shifted)
+  if any_filtered:
+    filtering = jnp.any(~greedy & ((top_p < 1.0) | ((top_k > 0) & (top_k < vocab))))
+    # The cut-off search only runs when some row asks for it (a real branch on CPU).
+    keep = jax.lax.cond(filtering, top_k_top_p_keep,
+                        lambda z, *_: jnp.ones(z.shape, dtype=bool), shifted, top_k, top_p)
+    weights = jnp.where(keep, weights, 0.0)
   if uniform is None:
     uniform = jax.random.uniform(key, (rows,), jnp.float32)
   chex.assert_shape(uniform, (rows,))
   drawn, total = _inverse_cdf(uniform, weights)
 
-  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-  first_max = jnp.min(jnp.where(logits == row_max, iota, vocab), axis=-1)
   tokens = jnp.where(greedy, first_max, drawn)
-  picked = lambda x: jnp.sum(jnp.where(iota == tokens[:, None], x, 0.0), axis=-1)
-  raw_logprobs = picked(logits - row_max) - jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1))
-  processed_logprobs = jnp.where(greedy, 0.0, picked(shifted) - jnp.log(total))
+  raw_logprobs = picked(logits - row_max, tokens) - raw_lse
+  processed_logprobs = jnp.where(greedy, 0.0, picked(shifted, tokens) - jnp.log(total))
   return tokens, raw_logprobs, processed_logprobs

@@ -180,15 +180,22 @@ def test_groups_share_one_prefill_and_draw_distinct_rollouts(tiny_model, sampler
 
 
 def test_new_settings_never_recompile(tiny_model):
+  """One program per kind of call (all greedy / sampled / sampled with top-p or top-k)."""
   model, params = tiny_model
   sampler = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID)
-  settings = [dict(temperature=1.0), dict(temperature=0.0, top_p=0.5, top_k=3),
-              dict(temperature=[0.0, 0.5, 1.0, 2.0], max_new_tokens=[1, 2, 3, 4],
-                   stop=StopCondition(eos_ids=(1, 2), stop_sequences=((3, 4),)))]
-  for i, kwargs in enumerate(settings):
-    sampler(params, PROMPTS, jax.random.key(i), **kwargs)
+  sampled = [dict(temperature=1.0),
+             dict(temperature=[0.0, 0.5, 1.0, 2.0], max_new_tokens=[1, 2, 3, 4],
+                  stop=StopCondition(eos_ids=(1, 2), stop_sequences=((3, 4),))),
+             dict(temperature=0.7, top_k=2048)]  # top-k >= vocab filters nothing
+  greedy = [dict(temperature=0.0), dict(temperature=0.0, top_p=0.5, top_k=3)]
+  filtered = [dict(temperature=0.7, top_p=0.9), dict(temperature=[0.0, 1.0, 1.0, 1.0],
+                                                     top_k=[0, 3, 0, 0])]
+  for kind, (settings, programs) in enumerate(((sampled, 1), (greedy, 2), (filtered, 3))):
+    for i, kwargs in enumerate(settings):
+      sampler(params, PROMPTS, jax.random.key(10 * kind + i), **kwargs)
+    assert sampler._generate._cache_size() == programs
   sampler(params, [[1, 2]] * 4, jax.random.key(9))  # other lengths, same bucket
-  assert sampler._generate._cache_size() == 1
+  assert sampler._generate._cache_size() == 3
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -228,7 +235,7 @@ def test_sharded_on_the_training_mesh_matches_one_device(tiny_model, greedy_out)
 def _generate_fn(model, **kwargs):
   return jax.jit(functools.partial(sampler_lib.generate, model, max_new_tokens=MAX_NEW,
                                    pad_id=PAD_ID, **kwargs),
-                 static_argnames=("group_size", "prompts_per_chunk"))
+                 static_argnames=("group_size", "prompts_per_chunk", "any_sampled", "any_filtered"))
 
 
 def test_segment_ends_cover_the_completion():
