@@ -92,6 +92,7 @@ CHECKS: tuple[Check, ...] = (
     Check("phases", lambda v: isinstance(v, (tuple, list)) and len(v) > 0
           and all(p in KNOWN_PHASES for p in v), "a non-empty list drawn from sft, rl, eval"),
     nonneg("max_wall_time_s"),
+    string("compilation_cache_dir"),
     string("model.preset"),
     string("model.hf_path"),
     one_of("model.param_dtype", DTYPES),

@@ -31,6 +31,10 @@ def get_config(arg=None):
   # Phases run in order; a finished phase is skipped when the job is restarted.
   c.phases = ("sft", "rl", "eval")
   c.max_wall_time_s = 0.0  # 0: no limit. Otherwise checkpoint and stop cleanly.
+  # A directory for JAX's persistent compilation cache, shared by the runs that name
+  # it (e.g. every job of `python -m astor_jax.reproduce`); empty: off. A run whose
+  # programs are in it loads them instead of compiling (same results, see main.py).
+  c.compilation_cache_dir = ""
 
   # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()

@@ -83,3 +83,45 @@ def test_cli_workdir_is_a_file(tmp_path):
   assert result.returncode == 2
   assert "--workdir" in result.stderr and "is a file" in result.stderr
   assert target.read_text() == "x"
+
+
+def test_cli_compilation_cache_dir_is_a_file(tmp_path):
+  target = tmp_path / "cache"
+  target.write_text("x")
+  workdir = tmp_path / "w"
+  result = _cli("--config=configs/astor.py", f"--workdir={workdir}",
+                f"--config.compilation_cache_dir={target}")
+  assert result.returncode == 2, result.stderr
+  assert "--config.compilation_cache_dir" in result.stderr and "is a file" in result.stderr
+  assert target.read_text() == "x" and not workdir.exists()
+
+
+_CACHED_PROGRAM = """
+import sys
+import jax
+import jax.numpy as jnp
+from astor_jax import main
+
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+main.enable_compilation_cache(sys.argv[1])
+out = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((8, 8)))
+print(float(out), events.count("/jax/compilation_cache/cache_hits"))
+"""
+
+
+def test_compilation_cache_serves_a_second_process(tmp_path):
+  """The first process compiles and stores the program; the second loads it (a cache hit)."""
+  cache = tmp_path / "xla_cache"
+
+  def run():
+    result = subprocess.run([sys.executable, "-c", _CACHED_PROGRAM, str(cache)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    value, hits = result.stdout.split()
+    return float(value), int(hits)
+
+  first, hits_first = run()
+  assert hits_first == 0 and any(cache.iterdir())
+  second, hits_second = run()
+  assert hits_second >= 1 and second == first

@@ -127,6 +127,7 @@ def test_commands_share_the_warm_start_and_tokenizer(tmp_path):
     args = parse(argv)
     seed_dir = os.path.join(str(tmp_path), f"seed_{args['config.seed']}")
     assert args["workdir"].startswith(seed_dir + os.sep)
+    assert args["config.compilation_cache_dir"] == os.path.join(str(tmp_path), "xla_cache")
     if "merging.py" in args["config"]:
       assert args["config.model.hf_path"] == os.path.join(args["workdir"], "model")
       assert "config.sft.cache_dir" not in args

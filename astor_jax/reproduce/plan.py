@@ -246,6 +246,8 @@ class Plan:
     out: list[tuple[str, Any]] = list(self.suite.overrides) + list(self.extra) + [
         ("seed", seed),
         ("data.data_dir", os.path.join(self.workdir, "tfds")),
+        # Every job compiles the same few programs: compile them once per suite.
+        ("compilation_cache_dir", os.path.join(self.workdir, "xla_cache")),
         ("log.progress_bar", False),
     ]
     if run.kind == "warm_start":
