@@ -2,7 +2,8 @@
 
 `generate` is the pure, jittable core; `Sampler` is the host-facing wrapper
 that buckets and left-pads prompts, turns per-prompt sampling settings into
-arrays, and keeps one jitted program per (prompts, bucket, group size).
+arrays, and keeps one jitted program per (prompts, bucket, group size, kind of
+call: all greedy, sampled, or sampled with top-p / top-k filters).
 
 Layout of one call with `B` prompts, group size `G`, bucket `P` and capacity
 `M` new tokens (`N = B * G` rows, at most `S = P + M` cache slots):
