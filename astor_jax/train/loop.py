@@ -100,7 +100,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -840,8 +840,13 @@ def _sft_rows(job: Job) -> sft.SFTRows:
   return sft.encode_pairs(job.tokenizer, pairs, max_len)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
+def train(config: ml_collections.ConfigDict, workdir: str,
+          run_phases: Callable[[Job, Any], Outcome] | None = None) -> Outcome:
   """Runs (or resumes) the configured phases in `workdir`; see the module doc.
+
+  `run_phases(job, params)`, when given, replaces the phases after the job's
+  setup (mesh, data, tokenizer, model, sampler, execution pool, writer): a
+  diagnostic such as `astor_jax.train.sft_probe` runs inside the same job.
 
   Raises:
     ConfigError: the config cannot run here or differs from the run being
@@ -882,7 +887,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
               tokenizer=tokenizer, encode=encode, model=model, params_sharding=params_sharding,
               sampler=sampler, pool=pool, writer=writer,
               should_stop=StopCheck(guard, float(c.max_wall_time_s)))
-    return _run_phases(job, params)
+    return (run_phases or _run_phases)(job, params)
 
 
 def _stopped(job: Job, reason: str, rl_step: int) -> Outcome:

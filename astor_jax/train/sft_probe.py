@@ -96,12 +96,7 @@ def main(argv) -> None:
       found.update(probe(job, result.params, _PROMPTS.value, _GROUP.value, temperatures))
     return loop.Outcome(finished=result.done)
 
-  original = loop._run_phases  # noqa: SLF001
-  loop._run_phases = run_phases  # noqa: SLF001
-  try:
-    loop.train(config, workdir)
-  finally:
-    loop._run_phases = original  # noqa: SLF001
+  loop.train(config, workdir, run_phases=run_phases)
   with open(os.path.join(workdir, "sft_probe.json"), "w") as f:
     json.dump(found, f, indent=2)
   for temperature, per_task in found.items():
