@@ -40,18 +40,18 @@ def run_ours(mode: str, reps: int, batch: int, prompt_len: int, new_tokens: int,
              decode_segments: int | None = None) -> dict:
   """Times our Sampler in this process; returns the peer scripts' JSON fields.
 
-  `decode_segments` None is the Sampler's default (`sampler.DECODE_SEGMENTS`).
+  `decode_segments` None is the Sampler's default (`sampler.auto_decode_segments`).
   """
   import jax
   import numpy as np
 
   from astor_jax.model import Transformer, get_preset, init_params
-  from astor_jax.rollout.sampler import DECODE_SEGMENTS, Sampler
+  from astor_jax.rollout.sampler import Sampler, auto_decode_segments
 
   config = get_preset("bench_6l")
   model = Transformer(config)
   params = jax.block_until_ready(init_params(model, jax.random.key(0)))
-  segments = DECODE_SEGMENTS if decode_segments is None else decode_segments
+  segments = auto_decode_segments(new_tokens) if decode_segments is None else decode_segments
   sampler = Sampler(model, max_new_tokens=new_tokens, prompt_buckets=(prompt_len,), pad_id=0,
                     decode_segments=segments)
   rng = np.random.default_rng(0)
@@ -171,7 +171,7 @@ def main(argv=None) -> None:
   ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--rounds", type=int, default=1, help="repeat every measurement")
   ap.add_argument("--decode-segments", type=int, default=None,
-                  help="our Sampler's decode loops (default: sampler.DECODE_SEGMENTS; 1: "
+                  help="our Sampler's decode loops (default: sampler.auto_decode_segments; 1: "
                   "one loop attending to the whole cache)")
   ap.add_argument("--with-peers", action="store_true",
                   help="also run Tunix's Sampler and HF generate in this invocation")

@@ -21,7 +21,9 @@ Layout of one call with `B` prompts, group size `G`, bucket `P` and capacity
       grow   append the next segment's empty slots
 
 So decode attention costs the slots that can be written by then, not all of
-S, at the price of compiling one decode loop per segment. When the KV cache of
+S, at the price of compiling one decode loop per segment; by default a segment
+spans at least `SEGMENT_MIN_TOKENS` new tokens (`auto_decode_segments`), so
+short generations compile one loop. When the KV cache of
 all N rows would not fit, `prompts_per_chunk` runs the batch as row chunks
 one after the other (`lax.map`), each doing all of the above for its rows.
 
@@ -180,7 +182,18 @@ def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-DECODE_SEGMENTS = 4  # decode loops per call; each attends to the slots written by its end
+DECODE_SEGMENTS = 4  # the most decode loops per call; each attends to the slots written by its end
+# New tokens per decode loop at least: every loop compiles the decode step again
+# (about 0.6 CPU s for the 6-layer d256 benchmark model), and at 128 new tokens four
+# loops saved only 6-8% of the decode time (bench/README.md, 2026-12-06), less
+# than the compile cost of a typical call. Long generations (the paper's 1024
+# new tokens: four loops) are where attending only to written slots pays.
+SEGMENT_MIN_TOKENS = 256
+
+
+def auto_decode_segments(max_new_tokens: int) -> int:
+  """Decode loops for `max_new_tokens`: one per SEGMENT_MIN_TOKENS, 1 to DECODE_SEGMENTS."""
+  return max(1, min(DECODE_SEGMENTS, max_new_tokens // SEGMENT_MIN_TOKENS))
 
 
 def segment_ends(max_new_tokens: int, segments: int) -> tuple[int, ...]:
@@ -326,7 +339,7 @@ def _unchunked(x: jax.Array, group: int) -> jax.Array:
 def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Array,
              prompt_mask: jax.Array, key: jax.Array, sampling_params: SamplingParams, *,
              group_size: int, max_new_tokens: int, pad_id: int, cache_dtype=None,
-             decode_segments: int = DECODE_SEGMENTS,
+             decode_segments: int | None = None,
              prompts_per_chunk: int | None = None, any_sampled: bool = True,
              any_filtered: bool = True) -> SamplerOutput:
   """Samples `group_size` completions per prompt (pure; jit with the static args).
@@ -344,7 +357,8 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
     cache_dtype: KV-cache dtype (static; default the model's compute dtype).
     decode_segments: decode loops n (static): loop j generates tokens up to
       `e_j = ceil(j M / n)` attending to P + e_j slots; 1 attends to all P + M
-      slots at every step. Each loop is compiled separately.
+      slots at every step. Each loop is compiled separately. None (default):
+      `auto_decode_segments(max_new_tokens)`.
     any_sampled, any_filtered: static promises that some row samples (else
       all are greedy) and that some sampled row filters by top-p / top-k;
       False leaves that code out of the program (`sampling.sample_tokens`).
@@ -365,6 +379,8 @@ def generate(model: transformer.Transformer, params: Any, prompt_tokens: jax.Arr
                      sampling_params.top_k, sampling_params.max_new_tokens], (rows,))
   chex.assert_rank(sampling_params.eos_ids, 2)
   chex.assert_rank(sampling_params.stop_sequences, 3)
+  if decode_segments is None:
+    decode_segments = auto_decode_segments(max_new_tokens)
   run = functools.partial(
       _generate_rows, model, params, batch_rows=rows, group_size=group_size,
       max_new_tokens=max_new_tokens, pad_id=pad_id, cache_dtype=cache_dtype,
@@ -536,7 +552,7 @@ class Sampler:
                prompt_buckets: Sequence[int], pad_id: int, mesh: jax.sharding.Mesh | None = None,
                cache_dtype=None, max_eos_ids: int = 4, max_stop_sequences: int = 4,
                max_stop_length: int = 16, chunk_rows: int = 0,
-               decode_segments: int = DECODE_SEGMENTS):
+               decode_segments: int | None = None):
     """Builds the engine.
 
     Args:
@@ -551,7 +567,7 @@ class Sampler:
       max_stop_length: the longest stop sequence, in tokens.
       chunk_rows: the most rollout rows generated at once (`config.sampler.chunk_rows`);
         0 is auto (see the class docstring).
-      decode_segments: decode loops per call (`generate`).
+      decode_segments: decode loops per call (`generate`; None: by max_new_tokens).
     """
     for name, value in (("max_new_tokens", max_new_tokens), ("max_eos_ids", max_eos_ids),
                         ("max_stop_sequences", max_stop_sequences),

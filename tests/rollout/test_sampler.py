@@ -162,7 +162,7 @@ def test_groups_share_one_prefill_and_draw_distinct_rollouts(tiny_model, sampler
   jax.eval_shape(spec, params, np.zeros((4, 8), np.int32), np.ones((4, 8), bool),
                  jax.random.key(0), tables)
   # Prefill on 4 prompts, decode on 16 rows (one trace per decode segment).
-  assert traced_rows == [(4, 8)] + [(16, 1)] * sampler_lib.DECODE_SEGMENTS
+  assert traced_rows == [(4, 8)] + [(16, 1)] * sampler_lib.auto_decode_segments(MAX_NEW)
 
   out = sampler(params, PROMPTS, jax.random.key(4), group_size=4, temperature=1.0)
   tokens = np.asarray(out.tokens).reshape(len(PROMPTS), 4, MAX_NEW)
@@ -272,6 +272,25 @@ def test_segmented_decode_equals_one_segment(tiny_model, sampler, greedy_out, se
   assert np.asarray(split.lengths)[:4].tolist() == [4, 4, 6, 6]  # greedy rows stopped early
   np.testing.assert_array_equal(np.asarray(split.tokens)[0], greedy_out.tokens[0][:4].tolist()
                                 + [PAD_ID] * (MAX_NEW - 4))
+
+
+@pytest.mark.parametrize("max_new, loops", [(12, 1), (255, 1), (512, 2), (1024, 4), (8192, 4)])
+def test_default_decode_loops_follow_the_generation_length(max_new, loops):
+  assert sampler_lib.auto_decode_segments(max_new) == loops
+
+
+def test_compiled_decode_loops(tiny_model, sampler):
+  """Short generations compile one decode loop by default; an explicit count is kept."""
+  model, params = tiny_model
+  args, static = sampler._arguments(PROMPTS, jax.random.key(0), 1, 1.0, 1.0, 0, MAX_NEW,
+                                    StopCondition())
+
+  def while_loops(decode_segments):
+    lowered = _generate_fn(model, decode_segments=decode_segments).lower(params, *args, **static)
+    return lowered.as_text().count("stablehlo.while")
+
+  one = while_loops(1)
+  assert while_loops(None) == one and while_loops(3) == one + 2
 
 
 def test_all_rows_finished_ends_every_segment(tiny_model, greedy_out):
