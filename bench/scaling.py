@@ -126,7 +126,7 @@ def main(argv=None) -> None:
   result = run(args.steps)
   if args.plot:
     plot(result, args.plot)
-    result["plot"] = args.plot
+    result["plot"] = os.path.basename(args.plot)  # next to the results JSON; no host path
   print(json.dumps(result, indent=1))
   if args.json_out:
     with open(args.json_out, "w") as f:
