@@ -184,10 +184,10 @@ def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
 
 DECODE_SEGMENTS = 4  # the most decode loops per call; each attends to the slots written by its end
 # New tokens per decode loop at least: every loop compiles the decode step again
-# (about 0.6 CPU s for the 6-layer d256 benchmark model), and at 128 new tokens four
-# loops saved only 6-8% of the decode time (bench/README.md, 2026-12-06), less
-# than the compile cost of a typical call. Long generations (the paper's 1024
-# new tokens: four loops) are where attending only to written slots pays.
+# (about 0.6 CPU s for the 6-layer d256 benchmark model); at 128 new tokens four
+# loops saved 6-20% of the decode time and added 1.5-4 s to the first call
+# (bench/README.md, 2026-12-06). Long generations (the paper's 1024 new tokens:
+# four loops) are where attending only to written slots pays.
 SEGMENT_MIN_TOKENS = 256
 
 
