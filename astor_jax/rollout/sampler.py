@@ -284,8 +284,7 @@ def _generate_rows(model, params, prompt_tokens, prompt_mask, key, sp: SamplingP
       if row_ids is not None:
         uniform = uniform[row_ids]
     sampled, logprobs, processed = sampling.sample_tokens(
-        None, logits, sp.temperature, sp.top_p, sp.top_k,
-        uniform=uniform if any_sampled else jnp.zeros((logits.shape[0],), jnp.float32),
+        None, logits, sp.temperature, sp.top_p, sp.top_k, uniform=uniform,
         any_sampled=any_sampled, any_filtered=any_filtered)
     return _record(state, sampled, logprobs, processed, sp, pad_id)
 
@@ -670,12 +669,10 @@ class Sampler:
                                      eos_ids=per_row(eos), stop_sequences=per_row(seqs))
     # Code the settings cannot use stays out of the program (`generate`): at
     # most three programs per shape (greedy, sampled, sampled with filters).
-    sampled = settings["temperature"] > 0
-    vocab = self._model_config.vocab_size
-    filtered = sampled & ((settings["top_p"] < 1)
-                          | ((settings["top_k"] > 0) & (settings["top_k"] < vocab)))
+    filtered = sampling.filters(settings["temperature"], settings["top_p"], settings["top_k"],
+                                self._model_config.vocab_size)
     return (prompt_tokens, prompt_mask, key, sampling_params), dict(
-        group_size=group_size, any_sampled=bool(sampled.any()),
+        group_size=group_size, any_sampled=bool((settings["temperature"] > 0).any()),
         any_filtered=bool(filtered.any()),
         prompts_per_chunk=self.prompts_per_chunk(num_prompts, bucket, group_size))
 

@@ -141,6 +141,11 @@ def _inverse_cdf(uniform: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax
   return (chosen * block + offset).astype(jnp.int32), total
 
 
+def filters(temperature, top_p, top_k, vocab: int):
+  """Per row: sampled (temperature > 0) and cut by top-p or top-k; numpy or jnp arrays."""
+  return (temperature > 0) & ((top_p < 1.0) | ((top_k > 0) & (top_k < vocab)))
+
+
 def sample_tokens(key: jax.Array | None, logits: jax.Array, temperature: jax.Array,
                   top_p: jax.Array, top_k: jax.Array, uniform: jax.Array | None = None, *,
                   any_sampled: bool = True, any_filtered: bool = True,
@@ -194,7 +199,7 @@ def sample_tokens(key: jax.Array | None, logits: jax.Array, temperature: jax.Arr
     return first_max, picked(logits - row_max, first_max) - raw_lse, jnp.zeros((rows,))
   weights = jnp.exp(shifted)
   if any_filtered:
-    filtering = jnp.any(~greedy & ((top_p < 1.0) | ((top_k > 0) & (top_k < vocab))))
+    filtering = jnp.any(filters(temperature, top_p, top_k, vocab))
     # The cut-off search only runs when some row asks for it (a real branch on CPU).
     keep = jax.lax.cond(filtering, top_k_top_p_keep,
                         lambda z, *_: jnp.ones(z.shape, dtype=bool), shifted, top_k, top_p)
