@@ -123,7 +123,12 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
   os.environ["JAX_PLATFORMS"] = "cpu"
   from astor_jax import distributed
   launch = distributed.initialize()
-  import jax, numpy as np
+  import jax, sys, numpy as np
+  # Results go to a file of our own: collective backends (Gloo) log to stdout
+  # from their own threads, and those lines can land inside ours.
+  out = open(sys.argv[1], "w")
+  def emit(*args):
+    print(*args, file=out, flush=True)
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
   d = jax.devices()
   # Interleave the processes' devices so each owns non-contiguous rows.
@@ -133,21 +138,22 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
   local = (10 * rows).astype(np.float32)  # what this host's pool would score
   rewards = jax.make_array_from_process_local_data(sharding, local, (8,))
   full = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))(rewards)
-  print("process", jax.process_index(), "of", jax.process_count(), launch.kind,
-        "rows", rows.tolist(), flush=True)
-  distributed.main_print("GLOBAL", np.asarray(full.addressable_data(0)).tolist(), flush=True)
+  emit("process", jax.process_index(), "of", jax.process_count(), launch.kind,
+       "rows", rows.tolist())
+  distributed.main_print("GLOBAL", np.asarray(full.addressable_data(0)).tolist(), file=out,
+                        flush=True)
   # A stop request seen by process 1 only is agreed on by both.
-  print("stop", distributed.any_process(jax.process_index() == 1),
-        distributed.any_process(False), flush=True)
+  emit("stop", distributed.any_process(jax.process_index() == 1),
+       distributed.any_process(False))
   # Rows of a [8, 3] array: this host's rows in and out, the whole array on every host.
   tokens_local = np.stack([rows, rows + 100, rows + 200], axis=1).astype(np.int32)
   tokens = distributed.global_array(NamedSharding(mesh, PartitionSpec("data", None)),
                                     tokens_local, (8, 3))
-  print("roundtrip", np.array_equal(distributed.local_rows(tokens), tokens_local),
-        np.array_equal(distributed.local_rows(rewards), local), flush=True)
-  print("host", distributed.to_host(tokens)[:, 0].tolist(), flush=True)
+  emit("roundtrip", np.array_equal(distributed.local_rows(tokens), tokens_local),
+       np.array_equal(distributed.local_rows(rewards), local))
+  emit("host", distributed.to_host(tokens)[:, 0].tolist())
   me = jax.process_index()
-  print("json", distributed.allgather_json({"process": me, "x": "a" * (1 + me)}), flush=True)
+  emit("json", distributed.allgather_json({"process": me, "x": "a" * (1 + me)}))
   distributed.barrier("end")
 """)
 
@@ -167,18 +173,18 @@ def test_two_processes_on_localhost(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TPU_"))}
     env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid), ASTOR_DISTRIBUTED="auto")
-    procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
+    procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / f"out{pid}.txt")],
+                                  env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-  outs = []
   for p in procs:
     try:
-      out, err = p.communicate(timeout=120)
+      _, err = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
       raise
     assert p.returncode == 0, err[-2000:]
-    outs.append(out)
+  outs = [(tmp_path / f"out{pid}.txt").read_text() for pid in range(2)]
   assert "process 0 of 2 explicit rows [0, 1, 4, 5]" in outs[0]
   assert "process 1 of 2 explicit rows [2, 3, 6, 7]" in outs[1]
   expected = f"GLOBAL {[float(10 * i) for i in range(8)]}"

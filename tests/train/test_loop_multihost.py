@@ -49,7 +49,7 @@ REPO = test_loop.REPO
 STEPS = 2
 PREEMPT_AFTER = 1
 
-# A job process: `python -c _JOB shared workdir steps preempt_after`; the launch
+# A job process: `python -c _JOB shared workdir steps preempt_after outcome.json`; the launch
 # comes from the JAX_* variables (explicit) or is a single process.
 _JOB = textwrap.dedent("""
     import json, os, signal, sys
@@ -78,11 +78,13 @@ _JOB = textwrap.dedent("""
 
       loop.RLPhase.run_step = run_step
     outcome = loop.train(config, workdir)
-    print("OUTCOME", json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
-                                 "finished": outcome.finished, "reason": outcome.stop_reason,
-                                 "signal": outcome.signal, "rl_step": outcome.rl_step,
-                                 "results": outcome.results}),
-          flush=True)
+    # To a file, not stdout: collective backends (Gloo) log to stdout from their
+    # own threads, and those lines can land inside ours.
+    with open(sys.argv[5], "w") as f:
+      json.dump({"process": jax.process_index(), "devices": jax.device_count(),
+                 "finished": outcome.finished, "reason": outcome.stop_reason,
+                 "signal": outcome.signal, "rl_step": outcome.rl_step,
+                 "results": outcome.results}, f)
 """)
 
 
@@ -110,9 +112,15 @@ def _launch(shared, workdir, *, processes, devices_per_process, preempt_after=0,
                  JAX_PROCESS_ID=str(pid), ASTOR_DISTRIBUTED="explicit")
     else:
       env["ASTOR_DISTRIBUTED"] = "off"
-    procs.append(subprocess.Popen(
-        [sys.executable, "-c", _JOB, shared, workdir, str(STEPS), str(preempt_after)],
-        cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outcome_path = f"{workdir}.outcome.{pid}.json"
+    if os.path.exists(outcome_path):
+      os.remove(outcome_path)  # a relaunch must not read the first launch's outcome
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _JOB, shared, workdir, str(STEPS), str(preempt_after),
+         outcome_path],
+        cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.outcome_path = outcome_path
+    procs.append(proc)
   return procs
 
 
@@ -127,8 +135,8 @@ def _wait(procs, log_prefix="", timeout_s=300):
         with open(f"{log_prefix}.{len(results)}.log", "w") as f:
           f.write(out + err)
       assert p.returncode == 0, f"process exited with {p.returncode}:\n{err[-3000:]}"
-      line = next(x for x in out.splitlines() if x.startswith("OUTCOME "))
-      results.append((out, err, json.loads(line[len("OUTCOME "):])))
+      with open(p.outcome_path) as f:
+        results.append((out, err, json.load(f)))
   finally:
     for p in procs:
       if p.poll() is None:
