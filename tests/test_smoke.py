@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +110,18 @@ def _check_results_table(smoke):
   with open(os.path.join(results, "eval.json")) as f:
     record = json.load(f)
   assert record["rl_step"] == 6 and set(record["methods"]["astor"]) == set(TASKS)
+  # Every evaluated example's completion and reward, agreeing with the summary.
+  with open(os.path.join(results, "eval_samples.jsonl")) as f:
+    samples = [json.loads(line) for line in f]
+  for method in ("sft", "astor"):
+    for task in TASKS:
+      mine = [s for s in samples if s["method"] == method and s["task"] == task]
+      detail = record["details"][method][task]
+      assert len(mine) == detail["examples"] > 0
+      assert len({s["id"] for s in mine}) == len(mine)
+      assert np.mean([s["reward"] for s in mine]) == pytest.approx(detail["mean_reward"])
+      assert all(isinstance(s["completion"], str) and s["rl_step"] == 6 for s in mine)
+      assert sum("retry_completion" in s for s in mine) == detail["retries"]
 
 
 def _check_rerun_finds_everything_done(smoke):

@@ -77,6 +77,9 @@ class TaskEval:
     skipped_prompts: examples left out because the prompt does not fit.
     retries: second attempts made.
     mean_reward: mean first-attempt reward.
+    samples: per example, in order: its `id`, the `completion`, its `reward`,
+      `reason` and `breakdown`, and for a second attempt the same fields
+      prefixed `retry_` (what a reviewer reads to see what a metric counted).
   """
 
   metrics: dict[str, float]
@@ -84,6 +87,13 @@ class TaskEval:
   skipped_prompts: int
   retries: int
   mean_reward: float
+  samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _sample_record(prefix: str, completion: str, reward: Reward) -> dict[str, Any]:
+  return {f"{prefix}completion": completion, f"{prefix}reward": float(reward.value),
+          f"{prefix}reason": reward.reason,
+          f"{prefix}breakdown": {k: float(v) for k, v in reward.breakdown.items()}}
 
 
 def fitting_examples(task: Task, examples: Sequence[Example], encode: PromptEncoder,
@@ -161,6 +171,8 @@ class Evaluator:
     rewards = _score(self.tasks, examples, completions, self.pool)
     retry_rewards: list[Reward | None] | None = None
     retries = 0
+    samples = [{"id": example.get("id", str(i)), **_sample_record("", text, reward)}
+               for i, (example, text, reward) in enumerate(zip(examples, completions, rewards))]
     if type(task).feedback_prompt is not Task.feedback_prompt:
       retry_rewards = [None] * len(examples)
       failed = [i for i, r in enumerate(rewards) if r.value < 1.0]
@@ -172,12 +184,13 @@ class Evaluator:
       if second:
         texts = self._generate(params, [ids for _, ids in second], jax.random.fold_in(key, 1))
         scored = _score(self.tasks, [examples[i] for i, _ in second], texts, self.pool)
-        for (i, _), reward in zip(second, scored):
+        for (i, _), text, reward in zip(second, texts, scored):
           retry_rewards[i] = reward
+          samples[i].update(_sample_record("retry_", text, reward))
         retries = len(second)
     metrics = task.metrics(examples, rewards, retry_rewards)
     return TaskEval(dict(metrics), len(examples), self.skipped[name], retries,
-                    float(np.mean([r.value for r in rewards])))
+                    float(np.mean([r.value for r in rewards])), samples)
 
   def evaluate(self, params: Any, key: jax.Array) -> dict[str, TaskEval]:
     """All tasks; task i uses `fold_in(key, i)`."""

@@ -85,7 +85,8 @@ Workdir layout:
   metrics.jsonl        one record per logged step (phases sft, rl, eval)
   tensorboard/         the same scalars as TensorBoard events
   plots/               budgets, beta_k, reward per task, synergy heatmap (PNG)
-  results/             eval.json, results.md, results.csv, reward_reasons.json
+  results/             eval.json, results.md, results.csv, reward_reasons.json,
+                       eval_samples.jsonl (every eval completion with its reward)
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 REASONS_FILE = "reward_reasons.json"
+EVAL_SAMPLES_FILE = "eval_samples.jsonl"  # one line per (method, task, example)
 
 # Fields that may change between a run and its resumption: how long it runs,
 # what it logs and keeps, how evaluation is done, and how many sandbox workers
@@ -761,19 +763,27 @@ def run_eval(job: Job, policies: Mapping[str, Any], rl_step: int) -> dict[str, A
       sampler, job.encode, job.tasks, examples, prompt_ids, skipped, job.pool,
       temperature=float(c.eval.temperature), chunk_prompts=int(c.rl.batch_prompts))
   key = jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_KEY)
-  methods, details = {}, {}
+  methods, details, samples = {}, {}, []
   job.writer.resume("eval", rl_step - 1)
   for method, params in policies.items():
     job.log(f"eval: {method} on the {split} split")
     results = evaluator.evaluate(params, key)
     methods[method] = eval_runner.task_metrics(results)
-    details[method] = {t: dataclasses.asdict(r) for t, r in results.items()}
+    details[method] = {t: {k: v for k, v in dataclasses.asdict(r).items() if k != "samples"}
+                       for t, r in results.items()}
+    samples += [{"method": method, "task": t, **record}
+                for t, r in results.items() for record in r.samples]
     row = table_lib.results_row(methods[method])
     job.writer.write("eval", rl_step, {_tag(f"{method}/{h}"): v for h, v in row.items()})
   if not distributed.is_main_process():
     return methods
   out_dir = os.path.join(job.workdir, table_lib.RESULTS_DIR)
   os.makedirs(out_dir, exist_ok=True)
+  tmp = os.path.join(out_dir, EVAL_SAMPLES_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({"rl_step": rl_step, "split": split, **r}) + "\n" for r in samples)
+  os.replace(tmp, os.path.join(out_dir, EVAL_SAMPLES_FILE))
+  # eval.json last: its presence marks the evaluation as done.
   record = {"methods": methods, "details": details, "rl_step": rl_step, "split": split}
   tmp = os.path.join(out_dir, table_lib.EVAL_FILE + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:

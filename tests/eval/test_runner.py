@@ -83,6 +83,14 @@ def test_retries_failed_first_attempts_in_fixed_chunks(tokenizer):
   assert result.metrics == {"first": pytest.approx(100 / 3), "second": 100.0}
   assert (result.examples, result.retries) == (3, 2)
   assert sampler.calls == [2, 2, 2]  # 3 prompts in 2 padded chunks, then 2 retries
+  # Every example's completion and reward, the failed ones with their second attempt.
+  assert [(s["completion"], s["reward"], s["reason"]) for s in result.samples] == [
+      ("ok", 1.0, "ok"), ("bad", 0.0, "wrong"), ("bad", 0.0, "wrong")]
+  assert [s["breakdown"] for s in result.samples] == [{"passed": 1.0}, {"passed": 0.0},
+                                                      {"passed": 0.0}]
+  assert "retry_completion" not in result.samples[0]
+  assert [(s["retry_completion"], s["retry_reward"]) for s in result.samples[1:]] == [
+      ("ok", 1.0), ("ok", 1.0)]
 
 
 def test_failed_scoring_is_reward_zero(tokenizer, monkeypatch):

@@ -233,7 +233,7 @@ def test_two_processes_match_one_process(tmp_path):
     # One events file per launch that wrote the phase (RL: before and after the stop).
     assert len(events) == launches, (phase, events)
   assert os.listdir(os.path.join(multi_dir, "plots"))
-  for name in (loop.REASONS_FILE, "eval.json", "results.md", "results.csv"):
+  for name in (loop.REASONS_FILE, loop.EVAL_SAMPLES_FILE, "eval.json", "results.md", "results.csv"):
     assert os.path.exists(os.path.join(multi_dir, "results", name)), name
   for results in (first_results, second_results):
     assert "astor_jax:" in results[0][1]
