@@ -50,6 +50,20 @@ def random_rows(seed, num_rows=24, num_groups=6, binary=False):
   return rewards, group_ids, row_mask
 
 
+def group_sum_tolerance(name, rewards, group_ids, row_mask, num_groups=24):
+  """How far from 0 a group's float32 advantage sum may be: the rounding of the
+  group mean (a few ulps of the rewards) enters every row, and GRPO divides it
+  by the group's std, so a near-constant group amplifies it."""
+  tol = np.full(num_groups, 1e-6)
+  ulp = np.finfo(np.float32).eps
+  for g in range(num_groups):
+    r = rewards[(group_ids == g) & row_mask].astype(np.float64)
+    if r.size:
+      scale = 1.0 / (r.std() + advantages.STD_EPS) if name == "grpo" else 1.0
+      tol[g] += 8 * ulp * r.size * np.abs(r).max() * scale
+  return tol
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), binary=st.booleans())
 def test_estimators_match_numpy_and_sum_to_zero_per_group(seed, binary):
@@ -60,7 +74,8 @@ def test_estimators_match_numpy_and_sum_to_zero_per_group(seed, binary):
                                rtol=1e-4, atol=1e-5, err_msg=name)
     assert np.all(adv[~row_mask] == 0.0)
     group_sums = np.bincount(group_ids, weights=adv, minlength=24)
-    np.testing.assert_allclose(group_sums, 0.0, atol=1e-5, err_msg=name)
+    tolerance = group_sum_tolerance(name, rewards, group_ids, row_mask)
+    assert np.all(np.abs(group_sums) <= tolerance), (name, group_sums, tolerance)
 
 
 @pytest.mark.parametrize("name", NAMES)
