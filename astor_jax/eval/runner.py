@@ -89,6 +89,11 @@ class TaskEval:
   mean_reward: float
   samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
+  def summary(self) -> dict[str, Any]:
+    """Every field but `samples` (the per-task details of `results/eval.json`)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name != "samples"}
+
 
 def _sample_record(prefix: str, completion: str, reward: Reward) -> dict[str, Any]:
   return {f"{prefix}completion": completion, f"{prefix}reward": float(reward.value),

@@ -769,8 +769,7 @@ def run_eval(job: Job, policies: Mapping[str, Any], rl_step: int) -> dict[str, A
     job.log(f"eval: {method} on the {split} split")
     results = evaluator.evaluate(params, key)
     methods[method] = eval_runner.task_metrics(results)
-    details[method] = {t: {k: v for k, v in dataclasses.asdict(r).items() if k != "samples"}
-                       for t, r in results.items()}
+    details[method] = {t: r.summary() for t, r in results.items()}
     samples += [{"method": method, "task": t, **record}
                 for t, r in results.items() for record in r.samples]
     row = table_lib.results_row(methods[method])
