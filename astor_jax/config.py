@@ -19,6 +19,8 @@ class ConfigError(ValueError):
 
 
 _MISSING = object()
+# rl.old_logprobs: where the ratio's behaviour log-probs come from (configs/astor.py).
+OLD_LOGPROBS = ("auto", "batch", "current")
 
 
 def get_field(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -238,7 +240,9 @@ def _check_scale_out_fields(config: ml_collections.ConfigDict) -> None:
   for path, check in (("model.shape_preset", string("model.shape_preset")),
                       ("model.scan_layers", boolean("model.scan_layers")),
                       ("rl.microbatches", positive_int("rl.microbatches")),
-                      ("sampler.chunk_rows", nonneg_int("sampler.chunk_rows"))):
+                      ("sampler.chunk_rows", nonneg_int("sampler.chunk_rows")),
+                      ("sampler.host_threads", nonneg_int("sampler.host_threads")),
+                      ("rl.old_logprobs", one_of("rl.old_logprobs", OLD_LOGPROBS))):
     value = get_field(config, path)
     if value is not _MISSING and not check.ok(value):
       raise ConfigError(f"config.{path}: got {value!r}, expected {check.expected}; "
@@ -248,6 +252,10 @@ def _check_scale_out_fields(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.sampler.chunk_rows: {chunk_rows} rows cannot hold one group of "
                       f"rl.group_size={config.rl.group_size} rollouts; use 0 (auto) or at "
                       "least the group size")
+  if get_field(config, "rl.old_logprobs") == "current" and config.rl.minibatches != 1:
+    raise ConfigError(f"config.rl.old_logprobs: 'current' needs rl.minibatches=1 (with "
+                      f"{config.rl.minibatches} minibatches the policy moves before the later "
+                      "ones); use 'batch' or 'auto'")
   microbatches = get_field(config, "rl.microbatches")
   rows = config.rl.batch_prompts * config.rl.group_size // config.rl.minibatches
   if microbatches is not _MISSING and rows % microbatches:

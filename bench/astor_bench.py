@@ -8,14 +8,15 @@ from `metrics.jsonl` (`time/<phase>`, `astor_jax/train/loop.py`,
   schedule           the jitted schedule (budgets, prompt draw)
   sample             KV-cache decode + rows + detokenize
   score_submit       jobs built and handed to the execution pool
-  logprobs_dispatch  batch checks, device put, reference + old log-probs dispatched
+  logprobs_dispatch  batch checks, device put, reference log-probs dispatched (and
+                     the old policy's with several minibatches: `rl.old_logprobs`)
   score_wait         waiting for the rewards (device log-probs run meanwhile)
   logprobs_wait      waiting for the log-probs after the rewards arrived
   train              the jitted ASTOR train step (utility, schedule, per-task KL)
 
 Overlap of reward scoring with device work: after each step (outside the
 loop's timers) the bench re-scores the same completions alone and recomputes
-the same two log-prob passes alone, so
+the same log-prob passes alone (one, or two with an old-policy pass), so
 
   scoring hidden   = 1 - score_wait / score_alone        (clipped to [0, 1])
   log-probs hidden = 1 - logprobs_wait / logprobs_alone
@@ -102,8 +103,10 @@ class _Probe:
         record["score_alone_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         batch = as_device_batch(host_batch, self.job.mesh)
-        jax.block_until_ready((self.logprob_fn(self.ref_params, batch),
-                               self.logprob_fn(self.train_state.params, batch)))
+        passes = [self.logprob_fn(self.ref_params, batch)]
+        if not self.old_is_current:
+          passes.append(self.logprob_fn(self.train_state.params, batch))
+        jax.block_until_ready(passes)
         record["logprobs_alone_s"] = time.perf_counter() - t0
       except Exception as e:  # noqa: BLE001 - the probe must never break the measured run
         probe.error = f"{type(e).__name__}: {e}"

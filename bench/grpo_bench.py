@@ -23,9 +23,11 @@ or, for the train step, when the new parameters are ready):
             no entropy bonus (the entropy is a forward-only metric).
 
 As in the peers (`num_iterations = 1`), no separate old-policy forward runs:
-the behaviour log-probs of the ratio are the sampler's raw-policy log-probs of
-the same tokens (equal to the trainer's up to float rounding), where Tunix and
-TRL use the trainer's own under a stop-gradient. Step 1 includes compilation;
+with one minibatch the step takes its own log-probs under a stop-gradient as
+the ratio's behaviour log-probs (`rl.old_logprobs` "auto"), as Tunix and TRL
+do. The sampler runs its rollout rows as two parts on two host threads
+(`Sampler`, `host_threads` auto on a one-device CPU host; `--host-threads 1`
+for one call). Step 1 includes compilation;
 the steady step is the mean of steps 2..N. Peak RSS is the process's
 `ru_maxrss`, so run one workload per process (`bench.run` does).
 
@@ -139,7 +141,7 @@ class Setup:
 
 def build(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
           new_tokens: int | None = None, layers: int | None = None, prompt_len: int = 16,
-          seed: int = 0) -> Setup:
+          seed: int = 0, host_threads: int = 0) -> Setup:
   """Model, states, sampler, log-prob fn and train step of `workload` (args as in `run`)."""
   import jax
 
@@ -169,7 +171,7 @@ def build(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 
                            max_len=prompt_len - 1)
   prompt_ids = toy.encode_prompts(tokenizer, texts)
   sampler = Sampler(model, max_new_tokens=new_tokens, prompt_buckets=(prompt_len,),
-                    pad_id=toy.PAD_ID, mesh=mesh)
+                    pad_id=toy.PAD_ID, mesh=mesh, host_threads=host_threads)
   # Placed as the training loop places them (astor_jax/train/loop.py, RLPhase).
   optimizer = state_lib.make_optimizer(config)
   params_sharding = param_shardings(model, mesh)
@@ -209,7 +211,8 @@ def rollout(s: Setup, step: int):
 def device_batch(s: Setup, rows: dict, step: int):
   """The train batch of a rollout on the mesh (rewards and reference log-probs still 0).
 
-  The behaviour log-probs are the sampler's (module doc).
+  `old_logprobs` holds the sampler's log-probs; the step (one minibatch) does
+  not read them (module doc).
   """
   import numpy as np
 
@@ -229,7 +232,7 @@ def device_batch(s: Setup, rows: dict, step: int):
 
 def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
         new_tokens: int | None = None, layers: int | None = None, prompt_len: int = 16,
-        seed: int = 0) -> dict:
+        seed: int = 0, host_threads: int = 0) -> dict:
   """Runs `steps` GRPO steps of `workload` in this process; returns the result record.
 
   Args:
@@ -241,6 +244,8 @@ def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
     layers: decoder layers; None takes the preset's (scaling runs vary it).
     prompt_len: prompt bucket (the peers' max_prompt_length, BOS included).
     seed: init / sampling seed.
+    host_threads: the sampler's host threads (`Sampler`; 0: auto, 2 on a
+      one-device CPU host).
 
   Returns:
     A dict with the peer scripts' fields (`global_step_s`, `generate_s`,
@@ -253,7 +258,8 @@ def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
   from bench import toy
 
   s = build(workload, steps=steps, prompts=prompts, group_size=group_size,
-            new_tokens=new_tokens, layers=layers, prompt_len=prompt_len, seed=seed)
+            new_tokens=new_tokens, layers=layers, prompt_len=prompt_len, seed=seed,
+            host_threads=host_threads)
   times = {"step": [], **{p: [] for p in PHASES}}
   tokens_per_step, reward_per_step, kl_per_step = [], [], []
   for step in range(steps):
@@ -295,7 +301,8 @@ def run(workload: str, *, steps: int = 8, prompts: int = 4, group_size: int = 4,
       "config": {"preset": WORKLOADS[workload][0], "layers": s.model.config.num_layers,
                  "steps": steps, "prompts_per_step": prompts, "G": group_size,
                  "new_tokens": s.new_tokens, "max_prompt_len": prompt_len, "beta": 0.04,
-                 "clip_eps": 0.2, "learning_rate": 1e-4},
+                 "clip_eps": 0.2, "learning_rate": 1e-4,
+                 "sampler_host_threads": s.sampler.host_threads},
       "n_params": s.n_params,
       "global_step_s": steady(times["step"]),
       "generate_s": steady(times["rollout"]),
@@ -320,13 +327,17 @@ def main(argv=None) -> None:
   ap.add_argument("--group-size", type=int, default=4, help="completions per prompt (G)")
   ap.add_argument("--new-tokens", type=int, default=0, help="0: the workload's")
   ap.add_argument("--layers", type=int, default=0, help="0: the preset's")
+  ap.add_argument("--host-threads", type=int, default=0,
+                  help="the sampler's host threads (0: auto)")
   ap.add_argument("--json-out", default=None)
   args = ap.parse_args(argv)
   if args.steps < 1:
     ap.error("--steps: must be >= 1")
+  if args.host_threads < 0:
+    ap.error("--host-threads: must be >= 0 (0: auto)")
   result = run(args.workload, steps=args.steps, prompts=args.prompts,
                group_size=args.group_size, new_tokens=args.new_tokens or None,
-               layers=args.layers or None)
+               layers=args.layers or None, host_threads=args.host_threads)
   print(json.dumps(result, indent=1))
   if args.json_out:
     with open(args.json_out, "w") as f:

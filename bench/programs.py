@@ -74,6 +74,7 @@ def run(workload: str, calls: int, dump_dir: str = "") -> dict:
   import jax
   import numpy as np
 
+  from astor_jax.rollout import sampler as sampler_lib
   from astor_jax.rollout.rows import to_batch_rows
   from bench import grpo_bench, toy
 
@@ -92,6 +93,8 @@ def run(workload: str, calls: int, dump_dir: str = "") -> dict:
   stats.update(first_call_s=round(wall, 3), first_call_cpu_s=round(cpu, 3))
   stats.update(_calls(lambda: jax.block_until_ready(
       s.sampler(s.train_state.params, prompts, key, **sample_kwargs)), calls))
+  # A call split over host threads runs the lowered program once per part.
+  stats["host_parts"] = sampler_lib.host_parts(len(prompts), s.sampler.host_threads)
   out["programs"]["sampler"] = stats
 
   def host():

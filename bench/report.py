@@ -246,8 +246,8 @@ def astor_section(astor: dict) -> str:
               f"{_fmt(split['with_synergy']['train_s'])} s; on the others: "
               f"{_fmt(split['without_synergy']['train_s'])} s."]
   if o:
-    lines += ["", f"Reward scoring alone {_fmt(o['score_alone_s'])} s, the two log-prob "
-              f"passes alone {_fmt(o['logprobs_alone_s'])} s; in the step the loop waited "
+    lines += ["", f"Reward scoring alone {_fmt(o['score_alone_s'])} s, the log-prob "
+              f"pass(es) alone {_fmt(o['logprobs_alone_s'])} s; in the step the loop waited "
               f"{_fmt(o['score_wait_s'])} s for rewards and {_fmt(o['logprobs_wait_s'])} s "
               f"for log-probs: scoring hidden behind device work "
               f"{100 * o['scoring_hidden_fraction']:.0f}%, log-probs hidden behind scoring "

@@ -86,6 +86,9 @@ class RLHParams:
     microbatches: gradient-accumulation chunks per minibatch (same update, less
       activation memory).
     max_new_tokens: the generation budget; Dr.GRPO's constant length normalizer.
+    old_is_current: the ratio's behaviour log-probs are the step's own under a
+      stop-gradient (`rl.old_logprobs` "current", or "auto" with one
+      minibatch), not the batch's `old_logprobs`.
   """
 
   advantage: str = "grpo"
@@ -96,6 +99,7 @@ class RLHParams:
   minibatches: int = 1
   microbatches: int = 1
   max_new_tokens: int = 96
+  old_is_current: bool = False
 
 
 def astor_hparams(config: ml_collections.ConfigDict) -> AstorHParams:
@@ -150,5 +154,12 @@ def rl_hparams(config: ml_collections.ConfigDict) -> RLHParams:
       minibatches=int(r.minibatches),
       microbatches=int(r.get("microbatches", 1)),
       max_new_tokens=int(config.sampler.max_new_tokens),
+      old_is_current=old_logprobs_are_current(config),
   )
+
+
+def old_logprobs_are_current(config: ml_collections.ConfigDict) -> bool:
+  """Whether `rl.old_logprobs` resolves to "current" (the loop then runs no old-policy pass)."""
+  mode = config.rl.get("old_logprobs", "auto")
+  return mode == "current" or (mode == "auto" and int(config.rl.minibatches) == 1)
 

@@ -12,8 +12,9 @@ One RL step (`RLPhase.step`):
   2. sample        the sampler draws G completions per prompt (KV-cache decode);
   3. detokenize    completions go to the host as text;
   4. score         rewards are submitted to the execution pool (a future) ...
-  5. log-probs     ... while the device computes the reference and old-policy
-                   log-probs of the same rows;
+  5. log-probs     ... while the device computes the reference log-probs of
+                   the same rows (and the old policy's, with more than one
+                   minibatch: `rl.old_logprobs`);
   6. train         once the rewards are in, the jitted train step updates the
                    policy and the UtilityState (budgets, beta_k, synergy, ...).
 
@@ -29,7 +30,7 @@ run reproduces an uninterrupted one bit for bit on CPU (sandbox timeouts
 aside: a program that sometimes finishes and sometimes times out scores
 differently).
 
-Guards: a non-finite reward or reference/old log-prob skips the step before
+Guards: a non-finite reward or reference / old-policy log-prob skips the step before
 the update; a non-finite loss or gradient norm from the train step discards
 its result (the step is compiled without buffer donation so the previous
 states survive). Either way the step is logged with `skipped = 1` and the
@@ -115,7 +116,7 @@ from astor_jax import config as config_lib
 from astor_jax import distributed
 from astor_jax.astor import schedule as schedule_lib
 from astor_jax.astor import utility as utility_lib
-from astor_jax.astor.hparams import astor_hparams
+from astor_jax.astor.hparams import astor_hparams, old_logprobs_are_current
 from astor_jax.eval import plots as plots_lib
 from astor_jax.eval import runner as eval_runner
 from astor_jax.eval import table as table_lib
@@ -144,6 +145,11 @@ EVAL_SAMPLES_FILE = "eval_samples.jsonl"  # one line per (method, task, example)
 RESUMABLE_CHANGES = ("phases", "max_wall_time_s", "rl.steps", "log.", "checkpoint.", "eval.",
                      "execution.num_workers", "sft.cache_dir", "sft.checkpoint_every_steps",
                      "data.data_dir")
+
+# Fields added after runs were already made, with the value that reproduces
+# such a run: it is what a saved config without the field is compared as.
+ADDED_FIELDS = {"sampler.host_threads": 1,  # before: one sampler call per batch
+                "rl.old_logprobs": "batch"}  # before: an old-policy pass every step
 
 # Streams of randomness derived from config.seed (fold_in tags).
 _INIT_KEY, _TRAIN_KEY, _SCHEDULE_KEY, _ROLLOUT_KEY, _EVAL_KEY = range(5)
@@ -196,10 +202,11 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None
   for field in sorted(set(saved) | set(now)):
     if any(field == c or (c.endswith(".") and field.startswith(c)) for c in RESUMABLE_CHANGES):
       continue
-    if saved.get(field) != now.get(field):
+    started = saved.get(field, ADDED_FIELDS.get(field))
+    if started != now.get(field):
       raise config_lib.ConfigError(
           f"config.{field}: {now.get(field)!r}, but the run in {workdir} was started with "
-          f"{saved.get(field)!r}; pass --config.{field}={saved.get(field)!r} to resume it, "
+          f"{started!r}; pass --config.{field}={started!r} to resume it, "
           "or use a new --workdir")
 
 
@@ -454,6 +461,7 @@ class RLPhase:
         donate=False)
     self.logprob_fn = step_lib.make_logprob_fn(job.model, c, job.mesh,
                                                params_sharding=job.params_sharding)
+    self.old_is_current = old_logprobs_are_current(c)
     multiple = step_lib.row_multiple(c, job.mesh)
     self.real_rows = int(c.rl.batch_prompts) * self.group_size
     self.num_rows = -(-self.real_rows // multiple) * multiple
@@ -564,7 +572,9 @@ class RLPhase:
                     int(np.prod([job.mesh.shape[a] for a in BATCH_AXES])))
       batch = self._device_batch(host_batch)
       ref = self.logprob_fn(self.ref_params, batch)
-      old = self.logprob_fn(self.train_state.params, batch)
+      # With one minibatch the step takes its own log-probs as the old ones.
+      old = (batch.old_logprobs if self.old_is_current else
+             self.logprob_fn(self.train_state.params, batch))
     with timer("score_wait"):
       rewards = _collect_rewards(future, examples)
       local_values = np.zeros((len(self.my_rows),), np.float32)
@@ -882,7 +892,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   encode = eval_runner.PromptEncoder(tokenizer, max(c.sampler.prompt_buckets))
   sampler = Sampler(model, max_new_tokens=int(c.sampler.max_new_tokens),
                     prompt_buckets=tuple(c.sampler.prompt_buckets),
-                    pad_id=int(tokenizer.pad_token_id), mesh=mesh)
+                    pad_id=int(tokenizer.pad_token_id), mesh=mesh,
+                    chunk_rows=int(c.sampler.get("chunk_rows", 0)),
+                    host_threads=int(c.sampler.get("host_threads", 0)))
   # Recorded once the job could be set up, so a failed start does not pin the workdir's config.
   if main:
     _write_config(config, workdir)

@@ -12,7 +12,10 @@ One function, compiled once per batch shape, over `Mesh(("data", "fsdp",
      devices give the single-device result;
   2. splits the rows into `rl.minibatches` strided minibatches (row i goes to
      minibatch i mod m: the same split on any number of devices, and no rows
-     move) and, for each, runs the model forward once (`jax.vjp`),
+     move) and, for each, runs the model forward once (`jax.vjp`; with one
+     minibatch and `rl.old_logprobs` "auto" / "current" the ratio's
+     behaviour log-probs are these log-probs under a stop-gradient, so the
+     batch's `old_logprobs` are not read and the loop computes none),
      differentiates the aggregated loss with per-row beta[task_id] with
      respect to the log-probs, pulls that back through the model, and applies
      one optimizer update; with `rl.microbatches = u` each minibatch is
@@ -47,7 +50,8 @@ Metrics (all replicated; [K] arrays in `config.tasks` order):
   target_kl, budget (of this step), utility, potential, progress, synergy
   (after this step's update)}; `kl` is the mean per-token k3 estimate
   against the reference, `logprob_mismatch` the mean |log p_sampler - log
-  p_trainer(old)| over completion tokens.
+  p_trainer(old)| over completion tokens (the trainer's log-probs at the
+  rollout's parameters).
 """
 
 from __future__ import annotations
@@ -219,6 +223,9 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
   Returns:
     The step function, to be jitted (`make_train_step` does that).
   """
+  if rl_hp.old_is_current and rl_hp.minibatches != 1:
+    raise ValueError(f"rl_hp.old_is_current needs one minibatch (got {rl_hp.minibatches}): "
+                     "later minibatches run after the policy moved")
   num_tasks = astor_hp.num_tasks
   estimator = advantages_lib.get_estimator(rl_hp.advantage)
   aggregation = losses.get_aggregation(rl_hp.loss_aggregation)
@@ -261,8 +268,12 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
       def pullback(cotangents):
         return pull_logp(cotangents[0])
 
+    # One minibatch: the policy has not moved since the rollout, so its own
+    # log-probs (no gradient) are the behaviour log-probs (`rl.old_logprobs`).
+    old = lax.stop_gradient(logp) if rl_hp.old_is_current else mb["old"]
+
     def objective(logp, ent):
-      parts = losses.token_losses(logp, ent, mb["old"], mb["ref"], mb["adv"], rl_hp.clip_eps,
+      parts = losses.token_losses(logp, ent, old, mb["ref"], mb["adv"], rl_hp.clip_eps,
                                   kl_estimator)
       policy = loss_sum_fn(weights * parts.policy)
       kl_penalty = loss_sum_fn(weights * mb["beta"][:, None] * parts.kl)
@@ -278,7 +289,7 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
 
     def features():
       d_policy = jax.grad(lambda lp: loss_sum_fn(weights * losses.clipped_surrogate(
-          lp, mb["old"], mb["adv"], rl_hp.clip_eps)[0]))(logp)
+          lp, old, mb["adv"], rl_hp.clip_eps)[0]))(logp)
       no_entropy = jnp.zeros_like(ent)
 
       def task_grad(k):
@@ -289,7 +300,7 @@ def build_train_step(logprob_fn: LogprobFn, optimizer: optax.GradientTransformat
       return out if astor_hp.synergy_sketch_dim > 0 else like_stacked_params(out)
 
     sums = task_sums_fn(calibrate.kl_k3(lax.stop_gradient(logp), mb["ref"]), clipped,
-                        lax.stop_gradient(ent), jnp.abs(mb["sampler"] - mb["old"]),
+                        lax.stop_gradient(ent), jnp.abs(mb["sampler"] - old),
                         mb["completion_mask"], mb["row_mask"], mb["task_ids"])
     return terms, grads, sums, features
 

@@ -1,6 +1,8 @@
 """The KV-cache sampler end to end on a tiny random model."""
 
 import functools
+import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,10 @@ PROMPTS = [[5, 17, 3], [40, 2, 8, 9, 33, 12, 7, 1], [22], [6, 6, 50, 11, 19]]
 
 @pytest.fixture(scope="module")
 def sampler(tiny_model):
+  """One call per batch (no host-thread parts): the reference the other samplers match."""
   model, _ = tiny_model
-  return Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID)
+  return Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                 host_threads=1)
 
 
 def reference_greedy(model, params, prompts, steps):
@@ -235,7 +239,8 @@ def test_sharded_on_the_training_mesh_matches_one_device(tiny_model, greedy_out)
 def _generate_fn(model, **kwargs):
   return jax.jit(functools.partial(sampler_lib.generate, model, max_new_tokens=MAX_NEW,
                                    pad_id=PAD_ID, **kwargs),
-                 static_argnames=("group_size", "prompts_per_chunk", "any_sampled", "any_filtered"))
+                 static_argnames=("group_size", "prompts_per_chunk", "any_sampled", "any_filtered",
+                                  "total_rows"))
 
 
 def test_segment_ends_cover_the_completion():
@@ -260,7 +265,7 @@ def test_segmented_decode_equals_one_segment(tiny_model, sampler, greedy_out, se
            StopCondition(stop_sequences=((int(row1[4]), int(row1[5])),)),
            StopCondition(), StopCondition()]
   assert int(row0[3]) not in row0[:3]
-  args, static = sampler._arguments(PROMPTS, jax.random.key(7), 2, [0.0, 0.0, 1.0, 0.7], 1.0,
+  (args,), static = sampler._arguments(PROMPTS, jax.random.key(7), 2, [0.0, 0.0, 1.0, 0.7], 1.0,
                                     0, [MAX_NEW, MAX_NEW, MAX_NEW, 9], stops)
   whole = _generate_fn(model, decode_segments=1)(params, *args, **static)
   split = _generate_fn(model, decode_segments=segments)(params, *args, **static)
@@ -282,8 +287,8 @@ def test_default_decode_loops_follow_the_generation_length(max_new, loops):
 def test_compiled_decode_loops(tiny_model, sampler):
   """Short generations compile one decode loop by default; an explicit count is kept."""
   model, params = tiny_model
-  args, static = sampler._arguments(PROMPTS, jax.random.key(0), 1, 1.0, 1.0, 0, MAX_NEW,
-                                    StopCondition())
+  (args,), static = sampler._arguments(PROMPTS, jax.random.key(0), 1, 1.0, 1.0, 0, MAX_NEW,
+                                       StopCondition())
 
   def while_loops(decode_segments):
     lowered = _generate_fn(model, decode_segments=decode_segments).lower(params, *args, **static)
@@ -305,7 +310,7 @@ def test_all_rows_finished_ends_every_segment(tiny_model, greedy_out):
 
   counting = Counting(TINY)
   sampler = Sampler(counting, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
-                    decode_segments=3)
+                    decode_segments=3, host_threads=1)
   out = sampler(params, PROMPTS, jax.random.key(0), temperature=0.0, max_new_tokens=3)
   np.testing.assert_array_equal(out.tokens, np.where(np.arange(MAX_NEW) < 3, greedy_out.tokens,
                                                      PAD_ID))
@@ -327,6 +332,86 @@ def test_row_chunks_give_the_same_rollouts(tiny_model, sampler, group_size, chun
   np.testing.assert_allclose(out.logprobs, whole.logprobs, atol=1e-6)
   np.testing.assert_allclose(out.processed_logprobs, whole.processed_logprobs, atol=1e-6)
   assert len(set(np.asarray(out.lengths).tolist())) > 1  # some rows stopped early
+
+
+@pytest.mark.parametrize("host_threads, prompts, parts, chunk_rows", [
+    (2, PROMPTS, 2, 0), (3, PROMPTS, 2, 0), (4, PROMPTS, 4, 0), (2, PROMPTS[:3], 1, 0),
+    (2, PROMPTS * 2, 2, 4)])
+def test_host_thread_parts_give_the_same_rollouts(tiny_model, sampler, host_threads, prompts,
+                                                  parts, chunk_rows):
+  """A call split over host threads returns the rows of one call, row draws included."""
+  model, params = tiny_model
+  split = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                  host_threads=host_threads, chunk_rows=chunk_rows)
+  assert sampler_lib.host_parts(len(prompts), host_threads) == parts
+  n = len(prompts)
+  kwargs = dict(group_size=2, temperature=([1.0, 0.0, 0.8, 1.5] * 2)[:n],
+                top_p=([1.0, 1.0, 0.9, 1.0] * 2)[:n], max_new_tokens=([MAX_NEW, 5] * 4)[:n],
+                stop=StopCondition(eos_ids=(3, 7), stop_sequences=((11, 12),)))
+  out = split(params, prompts, jax.random.key(13), **kwargs)
+  whole = sampler(params, prompts, jax.random.key(13), **kwargs)
+  for name in ("tokens", "completion_mask", "lengths", "finish_reasons", "prompt_tokens",
+               "prompt_mask"):
+    np.testing.assert_array_equal(getattr(out, name), getattr(whole, name), err_msg=name)
+  # Parts batch fewer rows per matmul: float rounding moves log-probs by up to ~1e-5.
+  np.testing.assert_allclose(out.logprobs, whole.logprobs, atol=1e-5)
+  np.testing.assert_allclose(out.processed_logprobs, whole.processed_logprobs, atol=1e-5)
+  assert len(set(np.asarray(out.lengths).tolist())) > 1  # some rows stopped early
+  # All parts run one program, lowered for one part's prompts.
+  lowered = split.lower(params, prompts, jax.random.key(13), **kwargs)
+  assert lowered.args_info[0][1].shape == (n // parts, 8)  # (args, kwargs): prompt_tokens
+  assert split._generate._cache_size() == 1
+
+
+def test_host_thread_parts_run_at_the_same_time(tiny_model, sampler):
+  """Each part's program is called from its own thread, all at once (a barrier of all parts)."""
+  model, params = tiny_model
+  split = Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,), pad_id=PAD_ID,
+                  host_threads=4)
+  generate, barrier, threads = split._generate, threading.Barrier(4, timeout=60), set()
+
+  def waiting(*args, **kwargs):
+    threads.add(threading.get_ident())
+    barrier.wait()  # raises BrokenBarrierError unless the four parts are in flight together
+    return generate(*args, **kwargs)
+
+  split._generate = waiting
+  out = split(params, PROMPTS, jax.random.key(3), temperature=0.0)
+  assert len(threads) == 4 and threading.get_ident() not in threads
+  np.testing.assert_array_equal(out.tokens, sampler(params, PROMPTS, jax.random.key(3),
+                                                    temperature=0.0).tokens)
+
+
+def test_host_threads_auto_is_two_on_one_cpu_device_only(tiny_model):
+  model, _ = tiny_model
+  build = lambda **kw: Sampler(model, max_new_tokens=MAX_NEW, prompt_buckets=(8,),
+                               pad_id=PAD_ID, **kw)
+  cores = len(os.sched_getaffinity(0))
+  assert build().host_threads == min(2, cores)  # no mesh: the default (CPU) device
+  one_device = make_mesh(data=1, devices=jax.devices()[:1])
+  assert build(mesh=one_device).host_threads == min(2, cores)
+  assert build(mesh=make_mesh(data=2, fsdp=2, tensor=2)).host_threads == 1
+  assert build(host_threads=3).host_threads == 3
+  for bad in (-1, 1.5, True):
+    with pytest.raises(ValueError, match="host_threads"):
+      build(host_threads=bad)
+  assert [sampler_lib.host_parts(b, 4) for b in (1, 2, 3, 5, 6, 8)] == [1, 2, 3, 1, 3, 4]
+
+
+def test_a_part_of_a_batch_draws_its_rows_uniforms(tiny_model, sampler):
+  """`generate` with row_offset / total_rows: the rows of a part of a sampled batch."""
+  model, params = tiny_model
+  whole = sampler(params, PROMPTS, jax.random.key(21), group_size=2, temperature=1.0)
+  (args,), static = sampler._arguments(PROMPTS[2:], jax.random.key(21), 2, 1.0, 1.0, 0,
+                                       MAX_NEW, StopCondition())
+  part = _generate_fn(model)(params, *args, **static, row_offset=jnp.int32(4), total_rows=8)
+  np.testing.assert_array_equal(part.tokens, np.asarray(whole.tokens)[4:])
+  alone = _generate_fn(model)(params, *args, **static)  # the same prompts as a batch of their own
+  assert not np.array_equal(alone.tokens, part.tokens)
+  with pytest.raises(ValueError, match="row_offset and total_rows"):
+    _generate_fn(model)(params, *args, **static, total_rows=8)
+  with pytest.raises(ValueError, match="total_rows: got 2"):
+    _generate_fn(model)(params, *args, **static, row_offset=jnp.int32(0), total_rows=2)
 
 
 def test_prompts_per_chunk_picks_a_divisor_that_fits():

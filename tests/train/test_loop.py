@@ -231,6 +231,20 @@ def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, compilation_c
   loop.check_resume_config(longer, straight)
 
 
+def test_a_run_saved_before_a_field_existed_resumes_with_its_old_value(tmp_path):
+  """A saved config without `sampler.host_threads` was one sampler call per batch."""
+  config = tiny_config(str(tmp_path / "shared"))
+  saved = json.loads(config.to_json())
+  del saved["sampler"]["host_threads"]
+  (tmp_path / loop.CONFIG_FILE).write_text(json.dumps(saved))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.sampler\.host_threads: 0, .* started with 1; pass "
+                           r"--config\.sampler\.host_threads=1"):
+    loop.check_resume_config(config, str(tmp_path))
+  config.sampler.host_threads = 1
+  loop.check_resume_config(config, str(tmp_path))
+
+
 class _Poisoned:
   """A reward-like value that no Reward may hold (NaN), as a broken scorer could return."""
 

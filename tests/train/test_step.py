@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from astor_jax import config as config_lib
 from astor_jax.astor import advantages, calibrate, hparams, losses, schedule, synergy, utility
 from astor_jax.model import (
   Transformer,
@@ -40,6 +41,9 @@ def load_config():
   c.rl.entropy_coef = 0.01
   c.astor.synergy_interval = 2
   c.astor.init_beta = 0.05
+  # The batch's (noisy) old log-probs are the behaviour policy, so that clipping
+  # matters; test_current_old_logprobs_are_the_policys_own covers "current".
+  c.rl.old_logprobs = "batch"
   return c
 
 
@@ -211,6 +215,39 @@ def assert_trees_close(a, b, atol=1e-5):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
                                rtol=1e-5, atol=atol)
+
+
+def test_current_old_logprobs_are_the_policys_own(setup):
+  """rl.old_logprobs "auto" with one minibatch: the step never reads the batch's old
+  log-probs (NaN here) and equals the "batch" step fed the policy's exact log-probs."""
+  config = load_config()
+  config.rl.old_logprobs = "auto"
+  assert hparams.rl_hparams(config).old_is_current
+  batch = setup["batch"]
+  logp, _ = jax.jit(token_logprobs, static_argnums=0)(MODEL, PARAMS, batch.tokens,
+                                                      batch.positions, batch.input_mask)
+  logp = np.asarray(logp)
+  mesh = make_mesh(devices=jax.devices()[:1])
+  current = Run(config, mesh, setup["optimizer"])(
+      setup["train_state"], setup["utility_state"],
+      batch._replace(old_logprobs=np.full_like(batch.old_logprobs, np.nan)))
+  exact = Run(load_config(), mesh, setup["optimizer"])(
+      setup["train_state"], setup["utility_state"], batch._replace(old_logprobs=logp))
+  assert_trees_close(current[0].params, exact[0].params, atol=1e-6)
+  for name in ("loss", "policy_loss", "kl_penalty", "kl", "grad_norm"):
+    np.testing.assert_allclose(current[2][name], exact[2][name], rtol=1e-5, err_msg=name)
+  assert float(current[2]["clip_fraction"]) == 0.0  # ratio exactly 1
+  mask = batch.completion_mask & batch.row_mask[:, None]
+  np.testing.assert_allclose(current[2]["logprob_mismatch"],
+                             np.abs(batch.sampler_logprobs - logp)[mask].mean(), rtol=1e-4)
+  # Several minibatches: the policy moves between them, so auto reads the batch.
+  config.rl.minibatches = 2
+  assert not hparams.rl_hparams(config).old_is_current
+  config.rl.old_logprobs = "current"
+  with pytest.raises(config_lib.ConfigError, match="rl.old_logprobs: 'current' needs"):
+    config_lib.validate(config)
+  with pytest.raises(ValueError, match="old_is_current needs one minibatch"):
+    step_lib.make_train_step(MODEL, setup["optimizer"], config, mesh)
 
 
 def test_eight_devices_with_accumulation_equal_one_device_in_one_pass(setup):
