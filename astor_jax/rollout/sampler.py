@@ -711,8 +711,9 @@ class Sampler:
                  temperature, top_p, top_k, max_new_tokens, stop) -> tuple[list, dict]:
     """Validates a call; for each host-thread part, its arguments of `generate` after params.
 
-    Returns (one tuple of positional arguments per part, the keyword
-    arguments all parts share).
+    Returns (one tuple per part, the keyword arguments all parts share). A
+    part's tuple is `(prompt_tokens, prompt_mask, key, sampling_params)`,
+    with its `row_offset` appended when the call is split (`_run`).
     """
     num_prompts = len(prompts)
     if num_prompts == 0:
@@ -761,7 +762,7 @@ class Sampler:
   def _run(self, params: Any, args: tuple, static: dict, compile_only: bool = False):
     """One part's `generate` call (or its lowering) under the sampler's mesh."""
     fn = self._generate.lower if compile_only else self._generate
-    if len(args) == 5:  # a part of a split call
+    if len(args) == 5:  # a part of a split call: its row offset comes last
       *args, offset = args
       static = dict(static, row_offset=offset)
     if self.mesh is None:
