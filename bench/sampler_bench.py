@@ -4,7 +4,8 @@ Workload (shared/bench/peers/README.md): the `bench_6l` model (Qwen2 block, 6
 layers, d 256, 4 heads, vocab 2048, tied, N(0, 0.02) init, fp32), 16 prompts of
 16 tokens, exactly 128 new tokens (no EOS), one warm-up call (includes
 compilation), then the median of `--reps` calls. Modes: "sample" (temperature
-1, top-p 1) and "greedy".
+1, top-p 1) and "greedy". Our `Sampler` runs with its defaults: on a
+one-device CPU host a call is split over two host threads (`host_threads`).
 
 Every measurement runs in a fresh process (ours included), so first-call times
 and peak RSS compare like with like; with `--with-peers` the peers' own scripts
