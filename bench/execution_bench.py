@@ -246,7 +246,8 @@ def run_ceiling(programs: list[str], workers: int,
     return [verdicts[i] for i in range(len(programs))], wall, cpu
   finally:
     for p in procs:
-      p.kill() if p.poll() is None else None
+      if p.poll() is None:
+        p.kill()
       p.wait()
     os.close(read_fd)
     if write_fd >= 0:
@@ -306,11 +307,10 @@ def main(argv=None) -> dict:
     he_runs: dict[int, list] = {t: [] for t in he_threads}
     our_runs, mismatches, our_failures = [], set(), {}
     ceilings: dict[str, list] = {"fork": [], "inprocess": []}
+    canonical_checks = [s + t for s, t in (_program(p, c) for p, c in zip(problems, canonical))]
     for round_index in range(args.rounds):
       for mode, runs in ceilings.items():
-        runs.append(run_ceiling([s + t for s, t in (_program(p, c) for p, c in
-                                                   zip(problems, canonical))],
-                                args.workers, mode))
+        runs.append(run_ceiling(canonical_checks, args.workers, mode))
       for side in (("he", "ours") if round_index % 2 == 0 else ("ours", "he")):
         if side == "he":
           for threads in he_threads:

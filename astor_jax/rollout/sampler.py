@@ -711,9 +711,10 @@ class Sampler:
                  temperature, top_p, top_k, max_new_tokens, stop) -> tuple[list, dict]:
     """Validates a call; for each host-thread part, its arguments of `generate` after params.
 
-    Returns (one tuple per part, the keyword arguments all parts share). A
-    part's tuple is `(prompt_tokens, prompt_mask, key, sampling_params)`,
-    with its `row_offset` appended when the call is split (`_run`).
+    Returns (one `(args, kwargs)` per part, the keyword arguments all parts
+    share): `args` is `(prompt_tokens, prompt_mask, key, sampling_params)`;
+    `kwargs` holds the part's `row_offset` when the call is split, else it
+    is empty.
     """
     num_prompts = len(prompts)
     if num_prompts == 0:
@@ -749,26 +750,25 @@ class Sampler:
     parts = host_parts(num_prompts, self.host_threads)
     if parts == 1:
       static["prompts_per_chunk"] = self.prompts_per_chunk(num_prompts, bucket, group_size)
-      return [(prompt_tokens, prompt_mask, key, sampling_params)], static
+      return [((prompt_tokens, prompt_mask, key, sampling_params), {})], static
     prompts_per_part = num_prompts // parts
     rows = prompts_per_part * group_size
     static.update(total_rows=num_prompts * group_size,
                   prompts_per_chunk=self.prompts_per_chunk(prompts_per_part, bucket, group_size))
-    return [(prompt_tokens[i * prompts_per_part:(i + 1) * prompts_per_part],
-             prompt_mask[i * prompts_per_part:(i + 1) * prompts_per_part], key,
-             jax.tree.map(lambda x, i=i: x[i * rows:(i + 1) * rows], sampling_params),
-             np.int32(i * rows)) for i in range(parts)], static
+    return [((prompt_tokens[i * prompts_per_part:(i + 1) * prompts_per_part],
+              prompt_mask[i * prompts_per_part:(i + 1) * prompts_per_part], key,
+              jax.tree.map(lambda x, i=i: x[i * rows:(i + 1) * rows], sampling_params)),
+             {"row_offset": np.int32(i * rows)}) for i in range(parts)], static
 
-  def _run(self, params: Any, args: tuple, static: dict, compile_only: bool = False):
+  def _run(self, params: Any, part: tuple[tuple, dict], static: dict,
+           compile_only: bool = False):
     """One part's `generate` call (or its lowering) under the sampler's mesh."""
     fn = self._generate.lower if compile_only else self._generate
-    if len(args) == 5:  # a part of a split call: its row offset comes last
-      *args, offset = args
-      static = dict(static, row_offset=offset)
+    args, kwargs = part
     if self.mesh is None:
-      return fn(params, *args, **static)
+      return fn(params, *args, **static, **kwargs)
     with jax.set_mesh(self.mesh):
-      return fn(params, *args, **static)
+      return fn(params, *args, **static, **kwargs)
 
   def __call__(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,
                group_size: int = 1, temperature=1.0, top_p=1.0, top_k=0,
@@ -801,7 +801,7 @@ class Sampler:
     # Each thread waits for its own part: programs dispatched from one thread
     # ran one after the other on XLA:CPU (measured), from two threads at once.
     outputs = list(self._threads.map(
-        lambda args: jax.block_until_ready(self._run(params, args, static)), parts))
+        lambda part: jax.block_until_ready(self._run(params, part, static)), parts))
     return SamplerOutput(*(jnp.concatenate(field, axis=0) for field in zip(*outputs)))
 
   def lower(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array, *,

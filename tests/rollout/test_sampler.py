@@ -265,8 +265,9 @@ def test_segmented_decode_equals_one_segment(tiny_model, sampler, greedy_out, se
            StopCondition(stop_sequences=((int(row1[4]), int(row1[5])),)),
            StopCondition(), StopCondition()]
   assert int(row0[3]) not in row0[:3]
-  (args,), static = sampler._arguments(PROMPTS, jax.random.key(7), 2, [0.0, 0.0, 1.0, 0.7], 1.0,
-                                    0, [MAX_NEW, MAX_NEW, MAX_NEW, 9], stops)
+  ((args, _),), static = sampler._arguments(PROMPTS, jax.random.key(7), 2,
+                                            [0.0, 0.0, 1.0, 0.7], 1.0, 0,
+                                            [MAX_NEW, MAX_NEW, MAX_NEW, 9], stops)
   whole = _generate_fn(model, decode_segments=1)(params, *args, **static)
   split = _generate_fn(model, decode_segments=segments)(params, *args, **static)
   np.testing.assert_array_equal(split.tokens, whole.tokens)
@@ -287,8 +288,8 @@ def test_default_decode_loops_follow_the_generation_length(max_new, loops):
 def test_compiled_decode_loops(tiny_model, sampler):
   """Short generations compile one decode loop by default; an explicit count is kept."""
   model, params = tiny_model
-  (args,), static = sampler._arguments(PROMPTS, jax.random.key(0), 1, 1.0, 1.0, 0, MAX_NEW,
-                                       StopCondition())
+  ((args, _),), static = sampler._arguments(PROMPTS, jax.random.key(0), 1, 1.0, 1.0, 0,
+                                            MAX_NEW, StopCondition())
 
   def while_loops(decode_segments):
     lowered = _generate_fn(model, decode_segments=decode_segments).lower(params, *args, **static)
@@ -402,8 +403,8 @@ def test_a_part_of_a_batch_draws_its_rows_uniforms(tiny_model, sampler):
   """`generate` with row_offset / total_rows: the rows of a part of a sampled batch."""
   model, params = tiny_model
   whole = sampler(params, PROMPTS, jax.random.key(21), group_size=2, temperature=1.0)
-  (args,), static = sampler._arguments(PROMPTS[2:], jax.random.key(21), 2, 1.0, 1.0, 0,
-                                       MAX_NEW, StopCondition())
+  ((args, _),), static = sampler._arguments(PROMPTS[2:], jax.random.key(21), 2, 1.0, 1.0, 0,
+                                            MAX_NEW, StopCondition())
   part = _generate_fn(model)(params, *args, **static, row_offset=jnp.int32(4), total_rows=8)
   np.testing.assert_array_equal(part.tokens, np.asarray(whole.tokens)[4:])
   alone = _generate_fn(model)(params, *args, **static)  # the same prompts as a batch of their own
