@@ -95,6 +95,7 @@ CHECKS: tuple[Check, ...] = (
           and all(p in KNOWN_PHASES for p in v), "a non-empty list drawn from sft, rl, eval"),
     nonneg("max_wall_time_s"),
     string("compilation_cache_dir"),
+    boolean("cpu_resident_buffers"),
     string("model.preset"),
     string("model.hf_path"),
     one_of("model.param_dtype", DTYPES),

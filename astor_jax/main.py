@@ -89,13 +89,18 @@ def main(argv) -> None:
   except config_lib.ConfigError as e:
     fail(str(e))
   workdir = check_workdir(_WORKDIR.value)
-  from astor_jax import distributed  # backend-free until initialize()
+  from astor_jax import cpu_buffers, distributed  # backend-free until initialize()
 
   try:
     distributed.initialize()  # multi-host TPU/GPU jobs; a no-op on one machine
   except distributed.LaunchError as e:
     fail(str(e))
+  try:  # before the first computation: it fixes how the CPU backend dispatches
+    memory_note = cpu_buffers.keep_resident(config.cpu_resident_buffers)
+  except RuntimeError as e:
+    fail(str(e))
   distributed.configure_logging()
+  distributed.main_print(memory_note, flush=True)
   if config.compilation_cache_dir:
     enable_compilation_cache(config.compilation_cache_dir)
   from astor_jax.train import loop  # heavy imports only after validation

@@ -12,6 +12,10 @@ from `metrics.jsonl` (`time/<phase>`, `astor_jax/train/loop.py`,
                      the old policy's with several minibatches: `rl.old_logprobs`)
   score_wait         waiting for the rewards (device log-probs run meanwhile)
   logprobs_wait      waiting for the log-probs after the rewards arrived
+
+On one CPU device with `cpu_resident_buffers` (the default) the log-prob pass
+runs inline, inside `logprobs_dispatch`, while the pool's processes score, so
+`logprobs_wait` is about 0 there and `score_wait` is what scoring added.
   train              the jitted ASTOR train step (utility, schedule, per-task KL)
 
 Overlap of reward scoring with device work: after each step (outside the
@@ -19,7 +23,7 @@ loop's timers) the bench re-scores the same completions alone and recomputes
 the same log-prob passes alone (one, or two with an old-policy pass), so
 
   scoring hidden   = 1 - score_wait / score_alone        (clipped to [0, 1])
-  log-probs hidden = 1 - logprobs_wait / logprobs_alone
+  log-probs hidden = 1 - (logprobs_dispatch + logprobs_wait) / logprobs_alone
   saved            = (score_alone + logprobs_alone) - window,
   window           = score_submit + logprobs_dispatch + score_wait + logprobs_wait
 
@@ -182,7 +186,9 @@ def summarize(records: list[dict], probes: list[dict]) -> dict:
         "score_wait_s": _mean(loop_time("score_wait")),
         "logprobs_wait_s": _mean(loop_time("logprobs_wait")),
         "scoring_hidden_fraction": _mean(hidden(loop_time("score_wait"), score)),
-        "logprobs_hidden_fraction": _mean(hidden(loop_time("logprobs_wait"), logprobs)),
+        "logprobs_hidden_fraction": _mean(hidden(
+            [d + w for d, w in zip(loop_time("logprobs_dispatch"), loop_time("logprobs_wait"))],
+            logprobs)),
         "window_s": _mean(window), "serial_s": _mean(serial),
         "saved_s": _mean([s - w for s, w in zip(serial, window)])}
   train = [r.get("time/train") or 0.0 for r in rl]
@@ -200,13 +206,15 @@ def summarize(records: list[dict], probes: list[dict]) -> dict:
           "skipped_steps": int(sum(r.get("skipped") or 0 for r in rl))}
 
 
-def run(steps: int, workdir: str, sft_cache_dir: str = "") -> dict:
+def run(steps: int, workdir: str, sft_cache_dir: str = "", fresh_cpu_buffers: bool = False
+        ) -> dict:
   """Trains the smoke config in `workdir` with the probe installed; returns the record."""
   import jax
 
   from astor_jax.train import loop, observe
 
   config = smoke_config(steps, sft_cache_dir)
+  config.cpu_resident_buffers = not fresh_cpu_buffers  # recorded in the workdir's config
   probe = _Probe()
   probe.install(loop)
   start = time.perf_counter()
@@ -242,15 +250,22 @@ def main(argv=None) -> None:
   ap.add_argument("--workdir", default="", help="run directory (default: a temporary one)")
   ap.add_argument("--sft-cache-dir", default="",
                   help="share the SFT warm start between runs (default: inside the workdir)")
+  ap.add_argument("--fresh-cpu-buffers", action="store_true",
+                  help="run as the job does with config.cpu_resident_buffers=false")
   ap.add_argument("--json-out", default=None)
   args = ap.parse_args(argv)
   if args.steps < 2:
     ap.error("--steps: must be >= 2 (step 1 compiles; steady figures need step 2 on)")
+  from astor_jax import cpu_buffers
+
+  # As astor_jax.main does before the job (the loop itself cannot: backends start first).
+  memory_note = cpu_buffers.keep_resident(not args.fresh_cpu_buffers)
   if args.workdir:
-    result = run(args.steps, args.workdir, args.sft_cache_dir)
+    result = run(args.steps, args.workdir, args.sft_cache_dir, args.fresh_cpu_buffers)
   else:
     with tempfile.TemporaryDirectory(prefix="astor_bench_") as workdir:
-      result = run(args.steps, workdir, args.sft_cache_dir)
+      result = run(args.steps, workdir, args.sft_cache_dir, args.fresh_cpu_buffers)
+  result["cpu_buffers"] = memory_note
   print(json.dumps({k: v for k, v in result.items() if k != "probes"}, indent=1))
   if args.json_out:
     with open(args.json_out, "w") as f:

@@ -112,6 +112,8 @@ def measure(name: str, mode: str, args, workdir: str) -> dict | None:
                "--new-tokens", str(args.new_tokens)]
     if args.decode_segments is not None:
       command += ["--decode-segments", str(args.decode_segments)]
+    if args.fresh_cpu_buffers:
+      command.append("--fresh-cpu-buffers")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return _run_json(command, env, json_path)
   venv = "tunix" if name == "tunix" else "trl"
@@ -181,13 +183,20 @@ def main(argv=None) -> None:
                   help="directory with the peer venvs (tunix/, trl/) of run_all.sh")
   ap.add_argument("--peer-scripts", default=str(DEFAULT_PEER_SCRIPTS),
                   help="directory of tunix_sampler_bench.py and hf_generate_bench.py")
+  ap.add_argument("--fresh-cpu-buffers", action="store_true",
+                  help="our Sampler without config.cpu_resident_buffers (XLA:CPU maps each "
+                  "call's temporaries afresh)")
   ap.add_argument("--json-out", default=None)
   ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
 
   if args.single:  # a child process: one framework, one mode
+    from astor_jax import cpu_buffers
+
+    memory_note = cpu_buffers.keep_resident(not args.fresh_cpu_buffers)
     result = run_ours(args.mode, args.reps, args.batch, args.prompt_len, args.new_tokens,
                       args.decode_segments)
+    result["cpu_buffers"] = memory_note
     print(json.dumps(result, indent=1))
     if args.json_out:
       with open(args.json_out, "w") as f:

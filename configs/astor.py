@@ -35,6 +35,10 @@ def get_config(arg=None):
   # it (e.g. every job of `python -m astor_jax.reproduce`); empty: off. A run whose
   # programs are in it loads them instead of compiling (same results, see main.py).
   c.compilation_cache_dir = ""
+  # On the CPU backend: run single-device calls inline and keep freed memory mapped,
+  # so a step does not fault in its temporaries afresh every call (astor_jax/cpu_buffers.py;
+  # the 6l128 GRPO train step 0.65 -> 0.55 s). Same results either way.
+  c.cpu_resident_buffers = True
 
   # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()

@@ -14,7 +14,9 @@ One RL step (`RLPhase.step`):
   4. score         rewards are submitted to the execution pool (a future) ...
   5. log-probs     ... while the device computes the reference log-probs of
                    the same rows (and the old policy's, with more than one
-                   minibatch: `rl.old_logprobs`);
+                   minibatch: `rl.old_logprobs`); on one CPU device with
+                   `cpu_resident_buffers` the pass runs inline on this thread
+                   while the pool's processes score;
   6. train         once the rewards are in, the jitted train step updates the
                    policy and the UtilityState (budgets, beta_k, synergy, ...).
 
@@ -140,11 +142,11 @@ REASONS_FILE = "reward_reasons.json"
 EVAL_SAMPLES_FILE = "eval_samples.jsonl"  # one line per (method, task, example)
 
 # Fields that may change between a run and its resumption: how long it runs,
-# what it logs and keeps, how evaluation is done, and how many sandbox workers
-# score (results do not depend on it).
+# what it logs and keeps, how evaluation is done, how many sandbox workers
+# score and how the CPU backend holds its memory (results do not depend on them).
 RESUMABLE_CHANGES = ("phases", "max_wall_time_s", "rl.steps", "log.", "checkpoint.", "eval.",
                      "execution.num_workers", "sft.cache_dir", "sft.checkpoint_every_steps",
-                     "data.data_dir")
+                     "data.data_dir", "cpu_resident_buffers")
 
 # Fields added after runs were already made, with the value that reproduces
 # such a run: it is what a saved config without the field is compared as.

@@ -154,4 +154,6 @@ def test_astor_summary_leaves_compiling_steps_out_of_steady():
   assert out["phases"]["train"]["steady_mean"] == pytest.approx(3.0)
   assert out["phases"]["train"]["steady_all_mean"] == pytest.approx(7.0)
   assert out["overlap"]["scoring_hidden_fraction"] == pytest.approx((1.0 + 0.5) / 2)
+  # Dispatch counts as log-prob time (inline CPU calls compute there): 1 - 0.52 / 0.6.
+  assert out["overlap"]["logprobs_hidden_fraction"] == pytest.approx(1 - 0.52 / 0.6, abs=1e-4)
   assert out["seq_len_per_step"] == [112, 176, 176, 176]
