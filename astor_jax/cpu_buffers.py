@@ -6,7 +6,7 @@ For the GRPO train step of the `6l128` benchmark that block is 568 MB. glibc
 serves a block that large with a fresh `mmap` and gives it back with `munmap`
 when it is freed, so every call touches about 139,000 new pages, and the
 kernel faults in and zeroes each one: a sixth of that step's wall time
-(bench/README.md, 2026-12-06 19:30).
+(bench/README.md, finding of 2026-12-06 19:02).
 
 `keep_resident()` stops that, in two parts that only work together:
 

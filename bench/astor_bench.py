@@ -12,11 +12,11 @@ from `metrics.jsonl` (`time/<phase>`, `astor_jax/train/loop.py`,
                      the old policy's with several minibatches: `rl.old_logprobs`)
   score_wait         waiting for the rewards (device log-probs run meanwhile)
   logprobs_wait      waiting for the log-probs after the rewards arrived
+  train              the jitted ASTOR train step (utility, schedule, per-task KL)
 
 On one CPU device with `cpu_resident_buffers` (the default) the log-prob pass
 runs inline, inside `logprobs_dispatch`, while the pool's processes score, so
 `logprobs_wait` is about 0 there and `score_wait` is what scoring added.
-  train              the jitted ASTOR train step (utility, schedule, per-task KL)
 
 Overlap of reward scoring with device work: after each step (outside the
 loop's timers) the bench re-scores the same completions alone and recomputes

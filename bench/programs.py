@@ -153,7 +153,6 @@ def main(argv=None) -> None:
              for w in workloads}
   for result in results.values():
     result["cpu_buffers"] = memory_note
-  for result in results.values():
     print_table(result)
   if args.json_out:
     with open(args.json_out, "w") as f:
