@@ -53,6 +53,8 @@ import statistics
 import tempfile
 import time
 
+import bench
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOOP_PHASES = ("schedule", "sample", "score_submit", "logprobs_dispatch", "score_wait",
                "logprobs_wait", "train")
@@ -250,16 +252,13 @@ def main(argv=None) -> None:
   ap.add_argument("--workdir", default="", help="run directory (default: a temporary one)")
   ap.add_argument("--sft-cache-dir", default="",
                   help="share the SFT warm start between runs (default: inside the workdir)")
-  ap.add_argument("--fresh-cpu-buffers", action="store_true",
-                  help="run as the job does with config.cpu_resident_buffers=false")
+  bench.add_cpu_buffers_flag(ap)
   ap.add_argument("--json-out", default=None)
   args = ap.parse_args(argv)
   if args.steps < 2:
     ap.error("--steps: must be >= 2 (step 1 compiles; steady figures need step 2 on)")
-  from astor_jax import cpu_buffers
-
   # As astor_jax.main does before the job (the loop itself cannot: backends start first).
-  memory_note = cpu_buffers.keep_resident(not args.fresh_cpu_buffers)
+  memory_note = bench.start_process(args)
   if args.workdir:
     result = run(args.steps, args.workdir, args.sft_cache_dir, args.fresh_cpu_buffers)
   else:

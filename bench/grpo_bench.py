@@ -47,6 +47,8 @@ import statistics
 import time
 from typing import Any
 
+import bench
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # name -> (model preset, new tokens)
@@ -329,18 +331,14 @@ def main(argv=None) -> None:
   ap.add_argument("--layers", type=int, default=0, help="0: the preset's")
   ap.add_argument("--host-threads", type=int, default=0,
                   help="the sampler's host threads (0: auto)")
-  ap.add_argument("--fresh-cpu-buffers", action="store_true",
-                  help="leave XLA:CPU mapping each call's temporaries afresh (the job's "
-                  "config.cpu_resident_buffers=false)")
+  bench.add_cpu_buffers_flag(ap)
   ap.add_argument("--json-out", default=None)
   args = ap.parse_args(argv)
   if args.steps < 1:
     ap.error("--steps: must be >= 1")
   if args.host_threads < 0:
     ap.error("--host-threads: must be >= 0 (0: auto)")
-  from astor_jax import cpu_buffers
-
-  memory_note = cpu_buffers.keep_resident(not args.fresh_cpu_buffers)
+  memory_note = bench.start_process(args)
   result = run(args.workload, steps=args.steps, prompts=args.prompts,
                group_size=args.group_size, new_tokens=args.new_tokens or None,
                layers=args.layers or None, host_threads=args.host_threads)

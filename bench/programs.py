@@ -30,6 +30,8 @@ import resource
 import statistics
 import time
 
+import bench
+
 
 def cpu_seconds() -> float:
   """User + system CPU seconds of this process, all threads."""
@@ -140,14 +142,10 @@ def main(argv=None) -> None:
   ap.add_argument("--workload", choices=("tiny", "6l128", "both"), default="tiny")
   ap.add_argument("--calls", type=int, default=5, help="timed calls per program")
   ap.add_argument("--dump-hlo", default="", help="write optimized HLO text here")
-  ap.add_argument("--fresh-cpu-buffers", action="store_true",
-                  help="without config.cpu_resident_buffers (XLA:CPU maps each call's "
-                  "temporaries afresh)")
+  bench.add_cpu_buffers_flag(ap)
   ap.add_argument("--json-out", default=None)
   args = ap.parse_args(argv)
-  from astor_jax import cpu_buffers
-
-  memory_note = cpu_buffers.keep_resident(not args.fresh_cpu_buffers)
+  memory_note = bench.start_process(args)
   workloads = ("tiny", "6l128") if args.workload == "both" else (args.workload,)
   results = {w: run(w, args.calls, os.path.join(args.dump_hlo, w) if args.dump_hlo else "")
              for w in workloads}

@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+import bench
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_PEER_SCRIPTS = REPO.parent / "shared" / "bench" / "peers"
 MODES = ("sample", "greedy")
@@ -183,17 +185,13 @@ def main(argv=None) -> None:
                   help="directory with the peer venvs (tunix/, trl/) of run_all.sh")
   ap.add_argument("--peer-scripts", default=str(DEFAULT_PEER_SCRIPTS),
                   help="directory of tunix_sampler_bench.py and hf_generate_bench.py")
-  ap.add_argument("--fresh-cpu-buffers", action="store_true",
-                  help="our Sampler without config.cpu_resident_buffers (XLA:CPU maps each "
-                  "call's temporaries afresh)")
+  bench.add_cpu_buffers_flag(ap)
   ap.add_argument("--json-out", default=None)
   ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
 
   if args.single:  # a child process: one framework, one mode
-    from astor_jax import cpu_buffers
-
-    memory_note = cpu_buffers.keep_resident(not args.fresh_cpu_buffers)
+    memory_note = bench.start_process(args)
     result = run_ours(args.mode, args.reps, args.batch, args.prompt_len, args.new_tokens,
                       args.decode_segments)
     result["cpu_buffers"] = memory_note
